@@ -1,0 +1,32 @@
+# Two commands for a newcomer on a fresh machine; each sets up its own virtualenv.
+#   make test   -> lint + the whole test suite on CPU
+#   make demo   -> the main job (tiny DyVA on the embedded demo data, CPU)
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: test demo lint venv clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch/torchvision pinned to the builds pip resolves here (CUDA wheels that also run on CPU)
+	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q -x --durations=15 tests
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) scripts/demo.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,125 @@
+"""The contract every vision backbone meets, and the image transforms they share.
+
+A backbone turns a dict of pixel tensors into a dict of *token streams*. Static encoders (SigLIP, CLIP, DINOv2) give one
+stream, `"vit"`; the generative encoder gives `"svd"` (or `"vae"`); dual-stream backbones (DyVA) give both. `streams`
+lists them in the order the projector consumes them (static first), so the projector never guesses.
+
+Per sample, a backbone's transform maps one PIL image, or a list of K images (frames), to a dict of tensors. Static
+encoders only look at the first image. The SVD stream keeps all K as a uint8 tensor [K, 3, H, W]; `collate_pixel_values`
+pads K across a batch and records each sample's count under `"<key>_count"`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import torch
+import torch.nn as nn
+from PIL import Image
+
+ImageResizeStrategy = Literal["resize-naive", "resize-crop", "letterbox"]
+IMAGE_RESIZE_STRATEGIES: tuple[str, ...] = get_args(ImageResizeStrategy)
+
+Images = Image.Image | Sequence[Image.Image]
+PixelValues = dict[str, torch.Tensor]
+ImageTransform = Callable[[Images], PixelValues]
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """One token stream a backbone emits: its name, width and number of tokens per sample."""
+
+    name: str
+    embed_dim: int
+    num_tokens: int
+
+
+def as_image_list(images: Images) -> list[Image.Image]:
+    """Accept one image or a non-empty sequence of images; check every one is an RGB PIL image."""
+    image_list = [images] if isinstance(images, Image.Image) else list(images)
+    if not image_list:
+        raise ValueError("Got an empty list of images; pass one PIL image or a list of at least one.")
+    for i, image in enumerate(image_list):
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"Image {i} is a {type(image).__name__}, expected a PIL.Image.Image (use Image.open(...)).")
+        if image.mode != "RGB":
+            raise ValueError(f"Image {i} has mode {image.mode!r}; convert it first with `image.convert('RGB')`.")
+    return image_list
+
+
+def check_resize_strategy(image_resize_strategy: str) -> ImageResizeStrategy:
+    if image_resize_strategy not in IMAGE_RESIZE_STRATEGIES:
+        raise ValueError(
+            f"Unknown image_resize_strategy {image_resize_strategy!r}; valid values are {list(IMAGE_RESIZE_STRATEGIES)}."
+        )
+    return image_resize_strategy  # type: ignore[return-value]
+
+
+class VisionBackbone(nn.Module, ABC):
+    """Base class: `forward(pixel_values) -> {stream name: [B, N, C]}` with streams in projector order."""
+
+    def __init__(self, vision_backbone_id: str) -> None:
+        super().__init__()
+        self.identifier = vision_backbone_id
+
+    @property
+    @abstractmethod
+    def streams(self) -> tuple[StreamSpec, ...]:
+        """The token streams this backbone emits, in the order the projector consumes them."""
+
+    @abstractmethod
+    def get_image_transform(self) -> ImageTransform:
+        """The per-sample transform: PIL image(s) -> dict of tensors that `forward` accepts after collation."""
+
+    @abstractmethod
+    def forward(self, pixel_values: PixelValues) -> dict[str, torch.Tensor]:
+        """Encode a collated batch; returns one [B, N_stream, C_stream] tensor per stream."""
+
+    @property
+    def fsdp_wrap_modules(self) -> tuple[type[nn.Module], ...]:
+        """Module classes FSDP should shard as their own unit (e.g. ViT blocks); empty = shard as one unit."""
+        return ()
+
+    @property
+    def num_visual_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.streams)
+
+
+def collate_pixel_values(samples: Sequence[PixelValues]) -> PixelValues:
+    """Stack per-sample pixel dicts into a batch.
+
+    Tensors whose first dim varies across samples (the K frames of the SVD stream) are zero-padded to the largest K,
+    and each sample's true K is stored under `"<key>_count"` so padded frames are never used as keyframes.
+    """
+    if not samples:
+        raise ValueError("Cannot collate an empty batch of pixel values.")
+    batch: PixelValues = {}
+    for key in samples[0]:
+        tensors = [s[key] for s in samples]
+        lengths = {t.shape[0] for t in tensors}
+        if len(lengths) == 1 and not key_is_variable(key):
+            batch[key] = torch.stack(tensors)
+            continue
+        k_max = max(lengths)
+        padded = tensors[0].new_zeros((len(tensors), k_max, *tensors[0].shape[1:]))
+        for i, t in enumerate(tensors):
+            padded[i, : t.shape[0]] = t
+        batch[key] = padded
+        batch[f"{key}_count"] = torch.tensor([t.shape[0] for t in tensors], dtype=torch.long)
+    return batch
+
+
+# Pixel keys that hold a variable number of frames per sample (always collated with a `_count` companion).
+VARIABLE_LENGTH_KEYS: frozenset[str] = frozenset({"svd", "vae"})
+
+
+def key_is_variable(key: str) -> bool:
+    return key in VARIABLE_LENGTH_KEYS
+
+
+def index_pixel_values(pixel_values: PixelValues, index: torch.Tensor) -> PixelValues:
+    """Select batch rows (e.g. the rows that have images in a mixed batch) from every tensor of a pixel dict."""
+    return {k: v[index] for k, v in pixel_values.items()}
