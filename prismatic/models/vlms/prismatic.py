@@ -1,0 +1,123 @@
+"""PrismaticVLM: vision backbone -> projector -> visual tokens spliced into the LLM's input (SPEC 2.4-2.5).
+
+The model knows nothing about parallelism or precision policies (those are applied around it by the training
+strategies). It owns three things: which parameters train in a given stage, how images become visual tokens, and how
+those tokens are placed in the prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal, get_args
+
+import torch
+import torch.nn as nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from prismatic.models.backbones.llm.base_llm import LLMBackbone
+from prismatic.models.backbones.vision.base_vision import PixelValues, VisionBackbone
+from prismatic.models.projectors import ArchSpecifier, build_projector
+from prismatic.models.vlms.splice import PaddingSide, splice_visual_tokens
+
+Stage = Literal["align", "finetune", "full-finetune", "finetune-unet", "finetune-unet-vae"]
+STAGES: tuple[str, ...] = get_args(Stage)
+# Modules of the generative encoder that the U-Net ablation stages unfreeze (lr x 0.2 is the optimizer's business).
+STAGE_ENCODER_MODULES: dict[str, tuple[str, ...]] = {"finetune-unet": ("unet",), "finetune-unet-vae": ("unet", "vae")}
+
+
+class PrismaticVLM(nn.Module):
+    def __init__(
+        self,
+        model_id: str,
+        vision_backbone: VisionBackbone,
+        llm_backbone: LLMBackbone,
+        arch_specifier: str | ArchSpecifier,
+    ) -> None:
+        super().__init__()
+        self.model_id = model_id
+        self.arch = arch_specifier if isinstance(arch_specifier, ArchSpecifier) else ArchSpecifier.parse(arch_specifier)
+        self.vision_backbone = vision_backbone
+        self.llm_backbone = llm_backbone
+        self.projector = build_projector(self.arch, vision_backbone.streams, llm_backbone.embed_dim)
+
+    # === Introspection ===
+    @property
+    def arch_specifier(self) -> str:
+        return str(self.arch)
+
+    @property
+    def num_visual_tokens(self) -> int:
+        return self.vision_backbone.num_visual_tokens
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per component (works on the `meta` device)."""
+        parts = {"vision_backbone": self.vision_backbone, "projector": self.projector, "llm_backbone": self.llm_backbone}
+        return {name: sum(p.numel() for p in module.parameters()) for name, module in parts.items()}
+
+    def get_prompt_builder(self, system_prompt: str | None = None):
+        return self.llm_backbone.get_prompt_builder(system_prompt=system_prompt)
+
+    # === Freezing ===
+    def freeze_backbones(self, stage: Stage) -> None:
+        """Set `requires_grad` for a training stage.
+
+        align: projector only. finetune: projector + LLM. full-finetune: everything. finetune-unet(-vae): finetune plus
+        the generative encoder's U-Net (and VAE); its unused parts must hold no trainable parameter, which the encoder
+        guarantees by never building them (see the SVD encoder).
+        """
+        if stage not in STAGES:
+            raise ValueError(f"Unknown stage {stage!r}; valid stages are {list(STAGES)}.")
+        self.vision_backbone.requires_grad_(stage == "full-finetune")
+        self.llm_backbone.requires_grad_(stage != "align")
+        self.projector.requires_grad_(True)
+        for name in STAGE_ENCODER_MODULES.get(stage, ()):
+            self._encoder_module(name).requires_grad_(True)
+
+    def _encoder_module(self, name: str) -> nn.Module:
+        for module_name, module in self.vision_backbone.named_modules():
+            if module_name.split(".")[-1] == name:
+                return module
+        raise ValueError(
+            f"This stage trains the generative encoder's {name!r}, but vision backbone "
+            f"{self.vision_backbone.identifier!r} has none; use a backbone with an SVD stream (e.g. 'siglip+svd')."
+        )
+
+    def trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        return ((n, p) for n, p in self.named_parameters() if p.requires_grad)
+
+    # === Forward ===
+    def encode_images(self, pixel_values: PixelValues) -> torch.Tensor:
+        """Vision backbone + projector: [n_images, Nv, d]. Gradients reach the encoder only if it has trainable params."""
+        vision_trains = any(p.requires_grad for p in self.vision_backbone.parameters())
+        with torch.set_grad_enabled(vision_trains and torch.is_grad_enabled()):
+            features = self.vision_backbone(pixel_values)
+        dtype = next(self.projector.parameters()).dtype
+        return self.projector({k: v.to(dtype) for k, v in features.items()})
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: PixelValues | None = None,
+        labels: torch.Tensor | None = None,
+        has_image: torch.Tensor | None = None,
+        padding_side: PaddingSide = "right",
+    ) -> CausalLMOutputWithPast:
+        """`pixel_values` holds the image rows only, in batch order; `has_image` [B] marks them (default: all rows)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        text_embeds = self.llm_backbone.embed_input_ids(input_ids)
+        if pixel_values is None:
+            has_image = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            visual = None
+        else:
+            if has_image is None:
+                has_image = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            visual = self.encode_images(pixel_values) if bool(has_image.any()) else None
+        spliced = splice_visual_tokens(text_embeds, attention_mask, visual, has_image, labels, padding_side)
+        return self.llm_backbone(
+            inputs_embeds=spliced.inputs_embeds,
+            attention_mask=spliced.attention_mask,
+            position_ids=spliced.position_ids,
+            labels=spliced.labels,
+        )
