@@ -1,12 +1,11 @@
-# Two commands for a newcomer on a fresh machine; each sets up its own virtualenv.
+# Set-up-and-run commands for a newcomer on a fresh machine; each creates and fills its own virtualenv.
 #   make test   -> lint + the whole test suite on CPU
-#   make demo   -> the main job (tiny DyVA on the embedded demo data, CPU)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint venv clean
+.PHONY: test lint venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +23,6 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q -x --durations=15 tests
-
-demo: $(STAMP)
-	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) scripts/demo.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

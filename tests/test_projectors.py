@@ -24,7 +24,7 @@ def test_arch_specifier_parses_and_round_trips():
 
 @pytest.mark.parametrize("bad", ["dual", "no-align+dual2", "noalign+dual", "align+", ""])
 def test_unknown_arch_specifier_lists_valid_forms(bad):
-    with pytest.raises(ValueError, match="valid forms are: .*no-align\\+dual"):
+    with pytest.raises(ValueError, match=r"valid forms are: .*no-align\+dual"):
         ArchSpecifier.parse(bad)
 
 

@@ -34,7 +34,7 @@ def test_right_padded_mixed_batch_keeps_rows_and_places_tokens_after_token_zero(
 
 
 def test_left_padded_rows_place_visual_tokens_after_their_first_real_token():
-    embeds, labels = _inputs()
+    embeds, _ = _inputs()
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 1, 1]])
     visual = -torch.ones(2, 2, 2)
     has_image = torch.tensor([True, False, True])

@@ -11,6 +11,7 @@ first), then ONE shared Linear(d, d). Attribute names match the released checkpo
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -49,7 +50,7 @@ class ArchSpecifier:
 def _mlp(dims: list[int], final_act: bool) -> nn.Sequential:
     """Linear layers with exact GELU between them (and after the last one if `final_act`)."""
     layers: list[nn.Module] = []
-    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+    for i, (d_in, d_out) in enumerate(itertools.pairwise(dims)):
         layers.append(nn.Linear(d_in, d_out, bias=True))
         if i < len(dims) - 2 or final_act:
             layers.append(nn.GELU())
@@ -62,7 +63,11 @@ class SingleStreamProjector(nn.Module):
     def __init__(self, kind: ProjectorKind, stream: StreamSpec, llm_dim: int) -> None:
         super().__init__()
         c = stream.embed_dim
-        dims = {"linear": [c, llm_dim], "gelu-mlp": [c, llm_dim, llm_dim], "fused-gelu-mlp": [c, 4 * c, llm_dim, llm_dim]}
+        dims = {
+            "linear": [c, llm_dim],
+            "gelu-mlp": [c, llm_dim, llm_dim],
+            "fused-gelu-mlp": [c, 4 * c, llm_dim, llm_dim],
+        }
         self.stream = stream.name
         self.projector = _mlp(dims[kind], final_act=False)
 
@@ -107,8 +112,9 @@ def build_projector(arch: ArchSpecifier, streams: tuple[StreamSpec, ...], llm_di
     if arch.projector in DUAL_KINDS:
         if len(streams) != 2:
             raise ValueError(
-                f"Projector {arch.projector!r} needs a dual-stream vision backbone (e.g. `siglip+svd`), but this one emits "
-                f"{len(streams)} stream(s) {names}; use a single-stream projector such as 'fused-gelu-mlp'."
+                f"Projector {arch.projector!r} needs a dual-stream vision backbone (e.g. `siglip+svd`), "
+                f"but this one emits {len(streams)} stream(s) {names}; "
+                "use a single-stream projector such as 'fused-gelu-mlp'."
             )
         pair = (streams[0], streams[1])
         return DualProjector(pair, llm_dim) if arch.projector == "dual" else IndependentDualProjector(pair, llm_dim)

@@ -87,7 +87,7 @@ class PrismaticVLM(nn.Module):
 
     # === Forward ===
     def encode_images(self, pixel_values: PixelValues) -> torch.Tensor:
-        """Vision backbone + projector: [n_images, Nv, d]. Gradients reach the encoder only if it has trainable params."""
+        """Vision backbone + projector -> [n_images, Nv, d]; gradients reach the encoder only if it trains."""
         vision_trains = any(p.requires_grad for p in self.vision_backbone.parameters())
         with torch.set_grad_enabled(vision_trains and torch.is_grad_enabled()):
             features = self.vision_backbone(pixel_values)

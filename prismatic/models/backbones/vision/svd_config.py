@@ -41,7 +41,9 @@ class SVDEncoderConfig:
             checks["placement"] = (self.placement, KeyframePlacement)
         for name, (value, literal) in checks.items():
             if value not in get_args(literal):
-                raise ValueError(f"SVDEncoderConfig.{name}={value!r} is invalid; choose one of {list(get_args(literal))}.")
+                raise ValueError(
+                    f"SVDEncoderConfig.{name}={value!r} is invalid; choose one of {list(get_args(literal))}."
+                )
         if self.num_frames < 1:
             raise ValueError(f"SVDEncoderConfig.num_frames must be >= 1, got {self.num_frames}.")
         if not 0 <= self.sigma_index < self.schedule_steps:
