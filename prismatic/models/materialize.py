@@ -15,11 +15,7 @@ from prismatic.models.backbones.vision.dual import DualStreamBackbone
 from prismatic.models.backbones.vision.registry import VISION_BACKBONES, resolve_vision_backbone_id
 from prismatic.models.backbones.vision.svd import SVDGenerativeEncoder, VAEOnlyBackbone
 from prismatic.models.backbones.vision.svd_config import SVDEncoderConfig
-from prismatic.models.backbones.vision.timm_vit import (
-    DINOSIGLIP_ENCODERS,
-    build_dinosiglip_backbone,
-    build_timm_backbone,
-)
+from prismatic.models.backbones.vision.timm_vit import build_static_backbone
 from prismatic.models.projectors import ArchSpecifier
 from prismatic.models.registry import ModelSpec, get_model_spec
 from prismatic.models.vlms.prismatic import PrismaticVLM
@@ -28,11 +24,6 @@ __all__ = ["build_vlm", "get_llm_backbone_and_tokenizer", "get_vision_backbone_a
 
 # Tiny generative encoders: random components at 64 px (see svd_components.build_tiny_svd_components).
 TINY_SVD_CONFIG = SVDEncoderConfig(model_id=None, image_size=64)
-
-
-def _static_backbone(static_id: str, image_resize_strategy: str, pretrained_path: str | None, load_weights: bool):
-    build = build_dinosiglip_backbone if static_id in DINOSIGLIP_ENCODERS else build_timm_backbone
-    return build(static_id, image_resize_strategy, pretrained_path=pretrained_path, load_weights=load_weights)
 
 
 def get_vision_backbone_and_transform(
@@ -55,7 +46,7 @@ def get_vision_backbone_and_transform(
 
     static = None
     if spec.static_id is not None:
-        static = _static_backbone(spec.static_id, image_resize_strategy, pretrained_path, load_weights)
+        static = build_static_backbone(spec.static_id, image_resize_strategy, pretrained_path, load_weights)
     generative = None
     if spec.generative is not None:
         config = svd_config or (TINY_SVD_CONFIG if spec.tiny else SVDEncoderConfig())
