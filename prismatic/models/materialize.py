@@ -54,6 +54,8 @@ def get_vision_backbone_and_transform(
             config = replace(config, num_frames=num_frames)
         encoder_cls = SVDGenerativeEncoder if spec.generative == "svd" else VAEOnlyBackbone
         generative = encoder_cls.from_config(vision_backbone_id, config, load_weights=load_weights)
+        if isinstance(generative, SVDGenerativeEncoder):
+            generative.drop_unused_modules()  # never run (release pre-mid): free the memory, leave no gradless params
 
     if static is not None and generative is not None:
         backbone: VisionBackbone = DualStreamBackbone(vision_backbone_id, static, generative)

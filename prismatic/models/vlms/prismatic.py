@@ -68,6 +68,8 @@ class PrismaticVLM(nn.Module):
         if stage not in STAGES:
             raise ValueError(f"Unknown stage {stage!r}; valid stages are {list(STAGES)}.")
         self.vision_backbone.requires_grad_(stage == "full-finetune")
+        for name in self.vision_backbone.trainable_module_names:
+            self.vision_backbone.get_submodule(name).requires_grad_(True)
         self.llm_backbone.requires_grad_(stage != "align")
         self.projector.requires_grad_(True)
         for name in STAGE_ENCODER_MODULES.get(stage, ()):

@@ -84,6 +84,11 @@ class VisionBackbone(nn.Module, ABC):
         return ()
 
     @property
+    def trainable_module_names(self) -> tuple[str, ...]:
+        """Submodules that train even when the backbone is frozen (e.g. the VAE-only ablation's conv stem)."""
+        return ()
+
+    @property
     def num_visual_tokens(self) -> int:
         return sum(s.num_tokens for s in self.streams)
 

@@ -52,5 +52,10 @@ class DualStreamBackbone(VisionBackbone):
     def fsdp_wrap_modules(self) -> tuple[type[nn.Module], ...]:
         return self.static.fsdp_wrap_modules + self.generative.fsdp_wrap_modules
 
+    @property
+    def trainable_module_names(self) -> tuple[str, ...]:
+        return tuple(f"{member}.{name}" for member in ("static", "generative")
+                     for name in getattr(self, member).trainable_module_names)  # fmt: skip
+
     def forward(self, pixel_values: PixelValues) -> dict[str, torch.Tensor]:
         return {**self.static(pixel_values), **self.generative(pixel_values)}

@@ -1,0 +1,412 @@
+"""The generative vision encoder: one Stable Video Diffusion U-Net query turned into "dynamics-aware" tokens.
+
+`SVDGenerativeEncoder` emits the `"svd"` stream: T frame slots x (h' x w') tokens of the U-Net's last down block
+(frame-major), 392 x 1280 at 448 px and T = 8. Two computations (SPEC 2.2, 2.3):
+
+- `release` (default): what the authors' released checkpoints were trained on. Pure noise in the U-Net's noisy
+  channels, the image's unscaled noise-augmented VAE latent in its conditioning channels (keyframes in their slots),
+  one conditional pass at sigma, stopped after the down path; F = c_out * H (+ the tiny released noise term).
+- `paper`: the paper's equations. Clean scaled latent Z0, one Euler step to Z1 with a full pass, then a truncated pass
+  on Z1 at the next sigma; F = H.
+
+Every random draw comes from a generator seeded by the sample's pixels (and a global seed), never from the global
+RNG, so a given image always gets the same noise and features, alone or in any batch (equal up to float rounding,
+which kernels do differently for different batch sizes). There is no `torch.no_grad` here:
+whether gradients reach the U-Net or VAE is decided by their `requires_grad` (the trainable ablations need it).
+
+`VAEOnlyBackbone` is the paper's VAE-only ablation (`"vae"` stream): the scaled VAE latent of image 1 through a small
+trainable conv stem down to the U-Net's token grid and width.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
+from diffusers.models.unets.unet_3d_blocks import (
+    CrossAttnDownBlockSpatioTemporal,
+    CrossAttnUpBlockSpatioTemporal,
+    DownBlockSpatioTemporal,
+    UNetMidBlockSpatioTemporal,
+    UpBlockSpatioTemporal,
+)
+from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+
+from prismatic.models.backbones.vision.base_vision import (
+    PixelValues,
+    StreamSpec,
+    VisionBackbone,
+)
+from prismatic.models.backbones.vision.svd_components import (
+    SVDComponents,
+    build_svd_architecture,
+    build_tiny_svd_components,
+    drop_vae_decoder,
+    load_svd_components,
+)
+from prismatic.models.backbones.vision.svd_config import SVDEncoderConfig
+from prismatic.models.backbones.vision.svd_unet import (
+    SVDImageTransform,
+    SVDNoise,
+    draw_noise,
+    keyframe_slots,
+    resize_with_antialiasing,
+    run_unet,
+    to_signed_unit,
+    unet_conditioning,
+    unpack_uint8_frames,
+)
+
+
+@dataclass
+class SVDEncoding:
+    """The features and the intermediate tensors that produced them (for tests and analysis)."""
+
+    features: torch.Tensor  # [B, T * h' * w', C]
+    hidden: torch.Tensor  # H, the tapped U-Net activation [B, T, C, h', w']
+    unet_input: torch.Tensor  # input of the feature pass [B, T, 8, h, w]
+    cond_latents: torch.Tensor  # [B, T, 4, h, w]
+    image_embeds: torch.Tensor  # [B, 1, D]
+    z0: torch.Tensor | None  # paper mode: the clean scaled latent [B, T, 4, h, w]
+    z1: torch.Tensor | None  # paper mode: after the Euler step
+    noise: list[SVDNoise]
+
+
+class SVDGenerativeEncoder(VisionBackbone):
+    """Frozen-by-caller SVD encoder; all components are registered submodules (so .to(), FSDP, requires_grad_ work)."""
+
+    stream_name = "svd"
+
+    def __init__(self, vision_backbone_id: str, config: SVDEncoderConfig, components: SVDComponents) -> None:
+        super().__init__(vision_backbone_id)
+        self.config = config
+        self.vae, self.unet, self.image_encoder = components.vae, components.unet, components.image_encoder
+        self.clip_mean = list(components.feature_extractor.image_mean)
+        self.clip_std = list(components.feature_extractor.image_std)
+        self.clip_size = int(self.image_encoder.config.image_size)
+
+        self.vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.unet_factor = 2 ** (len(self.unet.config.down_block_types) - 1)
+        self.latent_channels = int(self.vae.config.latent_channels)
+        self.embed_dim = int(self.unet.config.block_out_channels[-1])
+        total_factor = self.vae_factor * self.unet_factor
+        if config.image_size % total_factor != 0:
+            raise ValueError(
+                f"image_size={config.image_size} must be a multiple of {total_factor} (VAE x U-Net downsampling) so "
+                "the token grid is exact; 448 is the released size."
+            )
+        self.latent_size = config.image_size // self.vae_factor
+        self.grid_size = self.latent_size // self.unet_factor
+        expected_in = 2 * self.latent_channels
+        if self.unet.config.in_channels != expected_in:
+            raise ValueError(f"U-Net takes {self.unet.config.in_channels} channels, expected {expected_in}.")
+
+        # Sigmas and timesteps come from the checkpoint's own scheduler (a copy: the caller's stays untouched).
+        scheduler = copy.deepcopy(components.scheduler)
+        # On CPU even under a meta-device context; and without diffusers' numpy-2 DeprecationWarning (np.array on a
+        # torch tensor inside set_timesteps).
+        with torch.device("cpu"), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
+            scheduler.set_timesteps(config.schedule_steps)
+        self.scheduler_config = dict(scheduler.config)
+        self.sigmas = scheduler.sigmas.to(torch.float32).clone()  # [steps + 1], last = 0
+        self.timesteps = scheduler.timesteps.to(torch.float32).clone()  # 0.25 * ln(sigma) for v_prediction
+        if config.mode == "paper" and config.sigma_index + 1 >= config.schedule_steps:
+            raise ValueError(
+                f"paper mode steps from sigma_index={config.sigma_index} to the next sigma and runs the U-Net there; "
+                f"use sigma_index <= schedule_steps - 2 = {config.schedule_steps - 2}."
+            )
+
+    @classmethod
+    def from_config(
+        cls,
+        vision_backbone_id: str,
+        config: SVDEncoderConfig,
+        torch_dtype: torch.dtype = torch.float32,
+        load_weights: bool = True,
+    ) -> SVDGenerativeEncoder:
+        """Load the checkpoint named by config.model_id (hub id or local dir), or tiny random components if None.
+
+        `load_weights=False` reads nothing: the real architecture is built from built-in configs (random init; use it
+        under `with torch.device("meta"):`)."""
+        if config.model_id is not None and not load_weights:
+            components = build_svd_architecture()
+            drop_vae_decoder(components.vae)
+            for module in (components.vae, components.unet, components.image_encoder):
+                if module.dtype != torch_dtype:
+                    module.to(torch_dtype)
+        elif config.model_id is None:
+            components = build_tiny_svd_components(seed=config.seed, image_size=config.image_size)
+            drop_vae_decoder(components.vae)
+            for module in (components.vae, components.unet, components.image_encoder):
+                if module.dtype != torch_dtype:  # (diffusers warns on any dtype cast, even a no-op one)
+                    module.to(torch_dtype)
+        else:
+            components = load_svd_components(config.model_id, config.variant, torch_dtype)
+        return cls(vision_backbone_id, config, components)
+
+    # === VisionBackbone contract ===
+    @property
+    def streams(self) -> tuple[StreamSpec, ...]:
+        num_tokens = self.config.num_frames * self.grid_size * self.grid_size
+        return (StreamSpec(self.stream_name, self.embed_dim, num_tokens),)
+
+    def get_image_transform(self) -> SVDImageTransform:
+        return SVDImageTransform(self.config.image_size, self.config.num_frames, key=self.stream_name)
+
+    def forward(self, pixel_values: PixelValues) -> dict[str, torch.Tensor]:
+        return {self.stream_name: self.encode(pixel_values).features}
+
+    @property
+    def fsdp_wrap_modules(self) -> tuple[type[nn.Module], ...]:
+        """U-Net blocks and CLIP layers as their own FSDP units. Never make the U-Net or the VAE themselves units:
+        their `forward` is bypassed (blocks are called directly, the VAE through `encode`), so hooks on it never fire."""
+        return (
+            CrossAttnDownBlockSpatioTemporal,
+            DownBlockSpatioTemporal,
+            UNetMidBlockSpatioTemporal,
+            CrossAttnUpBlockSpatioTemporal,
+            UpBlockSpatioTemporal,
+            CLIPEncoderLayer,
+        )
+
+    @property
+    def unused_module_names(self) -> tuple[str, ...]:
+        """U-Net parts this configuration never runs: freeze (or drop) them so DDP/DCP never wait for their grads."""
+        if self.config.mode == "paper":
+            return ()
+        names = ["unet.up_blocks", "unet.conv_norm_out", "unet.conv_out"]
+        if self.config.tap == "pre-mid":
+            names.insert(0, "unet.mid_block")
+        return tuple(names)
+
+    def drop_unused_modules(self) -> None:
+        """Delete the never-run U-Net parts (saves ~2/3 of the U-Net's memory in release mode; irreversible)."""
+        for name in self.unused_module_names:
+            setattr(self.unet, name.removeprefix("unet."), None)
+
+    # === Noise ===
+    def draw_noise(self, images_uint8: torch.Tensor) -> SVDNoise:
+        """One sample's noise, from its uint8 images [K, 3, S, S] and config.seed."""
+        return draw_noise(
+            images_uint8,
+            seed=self.config.seed,
+            num_frames=self.config.num_frames,
+            latent_shape=(self.latent_channels, self.latent_size, self.latent_size),
+            feature_shape=(self.embed_dim, self.grid_size, self.grid_size),
+            with_unet=self.config.mode == "release",
+            with_feat=self.config.mode == "release" and self.config.feature_noise,
+        )
+
+    # === Encoding ===
+    def _clip_embeds(self, first_images: torch.Tensor) -> torch.Tensor:
+        """First images in [-1, 1] (float32) -> CLIP image embeddings [B, 1, D], the reference pipeline's path."""
+        x = resize_with_antialiasing(first_images, (self.clip_size, self.clip_size))
+        x = (x + 1.0) / 2.0
+        mean = torch.tensor(self.clip_mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.clip_std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        x = ((x - mean) / std).to(self.image_encoder.dtype)
+        return self.image_encoder(pixel_values=x).image_embeds.unsqueeze(1)
+
+    def _vae_mode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [N, 3, S, S] in [-1, 1] -> unscaled VAE posterior mode [N, 4, h, w] in the U-Net's dtype."""
+        latents = self.vae.encode(images.to(self.vae.dtype)).latent_dist.mode()
+        return latents.to(self.unet.dtype)
+
+    def _slotted(self, fill: torch.Tensor, keyframes: list[torch.Tensor]) -> torch.Tensor:
+        """T frame slots [T, ...]: `fill` everywhere, then keyframe k written into slot keyframe_slots(K, T)[k]."""
+        frames = [fill] * self.config.num_frames
+        if keyframes:
+            for keyframe, slot in zip(keyframes, keyframe_slots(len(keyframes), self.config.num_frames)):
+                frames[slot] = keyframe
+        return torch.stack(frames)
+
+    def _latents(
+        self, pixels: torch.Tensor, counts: list[int], noise: list[SVDNoise]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Conditioning latents [B, T, 4, h, w] (unscaled, noise-augmented) and Z0 [B, T, 4, h, w] (scaled, clean;
+        None in release mode unless keyframes go to Z0 slots). One VAE call for the whole batch."""
+        cfg, batch_size = self.config, pixels.shape[0]
+        placement = cfg.resolved_placement
+        # Which images are encoded with noise augmentation (conditioning) and which clean (Z0).
+        aug_counts = counts if placement == "cond-slots" else [1] * batch_size
+        if placement == "z0-slots":
+            clean_counts = counts
+        else:
+            clean_counts = [1 if cfg.mode == "paper" else 0] * batch_size
+        aug_inputs = [
+            pixels[b, k] + cfg.noise_aug_strength * noise[b].aug[k].to(pixels.device)
+            for b in range(batch_size)
+            for k in range(aug_counts[b])
+        ]
+        clean_inputs = [pixels[b, k] for b in range(batch_size) for k in range(clean_counts[b])]
+        latents = self._vae_mode(torch.stack(aug_inputs + clean_inputs))
+        aug_latents = iter(latents[: len(aug_inputs)].unbind(0))
+        clean_latents = iter((float(self.vae.config.scaling_factor) * latents[len(aug_inputs) :]).unbind(0))
+
+        cond_rows, z0_rows = [], []
+        for b in range(batch_size):
+            sample_aug = [next(aug_latents) for _ in range(aug_counts[b])]
+            sample_clean = [next(clean_latents) for _ in range(clean_counts[b])]
+            cond_rows.append(self._slotted(sample_aug[0], sample_aug if placement == "cond-slots" else []))
+            if cfg.mode == "paper":
+                z0_rows.append(self._slotted(sample_clean[0], sample_clean if placement == "z0-slots" else []))
+            elif sample_clean:  # release mode with z0-slots: keyframes on top of the pure noise, zeros elsewhere
+                z0_rows.append(self._slotted(torch.zeros_like(sample_clean[0]), sample_clean))
+        return torch.stack(cond_rows), (torch.stack(z0_rows) if z0_rows else None)
+
+    def encode(self, pixel_values: PixelValues, noise: list[SVDNoise] | None = None) -> SVDEncoding:
+        """Features of a collated batch; `noise` (one SVDNoise per sample) replaces the content-seeded draws."""
+        frames, counts = unpack_uint8_frames(pixel_values, self.stream_name)
+        cfg, device, dtype = self.config, self.unet.device, self.unet.dtype
+        batch_size = frames.shape[0]
+        if tuple(frames.shape[-2:]) != (cfg.image_size, cfg.image_size):
+            raise ValueError(f"Expected {cfg.image_size}px frames, got {tuple(frames.shape[-2:])}; use the transform.")
+        for count in counts:
+            keyframe_slots(count, cfg.num_frames)  # K > T is an error, whatever the placement
+        if noise is None:
+            frames_cpu = frames.cpu()
+            noise = [self.draw_noise(frames_cpu[b, : counts[b]]) for b in range(batch_size)]
+        if len(noise) != batch_size:
+            raise ValueError(f"Got {len(noise)} noise draws for a batch of {batch_size}.")
+        if cfg.mode == "release" and any(n.unet is None or (cfg.feature_noise and n.feat is None) for n in noise):
+            raise ValueError(
+                "Release mode needs SVDNoise.unet (and .feat with feature_noise); draw it with this encoder."
+            )
+
+        pixels = to_signed_unit(frames.to(device))  # [B, Kmax, 3, S, S], float32
+        image_embeds = self._clip_embeds(pixels[:, 0]).to(dtype)
+        cond_latents, z0 = self._latents(pixels, counts, noise)
+        added_time_ids = torch.tensor(
+            [[cfg.fps - 1, cfg.motion_bucket_id, cfg.noise_aug_strength]], dtype=dtype, device=device
+        ).repeat(batch_size, 1)
+        conditioning = unet_conditioning(self.unet, image_embeds, added_time_ids, cfg.num_frames)
+
+        i = cfg.sigma_index
+        sigma, timestep = self.sigmas[i].to(device), self.timesteps[i].to(device)
+        c_in = 1.0 / (sigma**2 + 1) ** 0.5
+        z1 = None
+        if cfg.mode == "release":
+            noisy = torch.stack([n.unet for n in noise]).to(device=device, dtype=dtype)
+            if z0 is not None:  # the noisy sample is Z0 + sqrt(sigma^2 + 1) * eps, times c_in
+                noisy = noisy + (z0.float() * c_in).to(dtype)
+            unet_input = torch.cat([noisy, cond_latents], dim=2)
+            hidden = run_unet(self.unet, unet_input, timestep, conditioning, stop=cfg.tap)
+            # The released code ran scheduler.step on the features: x0 = c_out * H + c_skip * sqrt(sigma^2+1) * eps'.
+            out = hidden.float() * (-sigma / (sigma**2 + 1) ** 0.5)
+            if cfg.feature_noise:
+                out = out + torch.stack([n.feat for n in noise]).to(device) * c_in
+            out = out.to(hidden.dtype)
+        else:
+            first_input = torch.cat([(z0.float() * c_in).to(dtype), cond_latents], dim=2)
+            prediction = run_unet(self.unet, first_input, timestep, conditioning, stop="full")
+            sigma1, timestep1 = self.sigmas[i + 1].to(device), self.timesteps[i + 1].to(device)
+            z1 = self._euler_step(prediction, z0, sigma, sigma1)
+            c_in1 = 1.0 / (sigma1**2 + 1) ** 0.5
+            unet_input = torch.cat([(z1.float() * c_in1).to(dtype), cond_latents], dim=2)
+            hidden = out = run_unet(self.unet, unet_input, timestep1, conditioning, stop=cfg.tap)
+
+        features = out.permute(0, 1, 3, 4, 2).reshape(batch_size, -1, self.embed_dim)  # frame-major (t, h, w)
+        return SVDEncoding(features, hidden, unet_input, cond_latents, image_embeds, z0, z1, noise)
+
+    @staticmethod
+    def _euler_step(
+        prediction: torch.Tensor, sample: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor
+    ) -> torch.Tensor:
+        """One Euler step of a v-prediction model (s_churn = 0), in float32 like diffusers' EulerDiscreteScheduler."""
+        sample32 = sample.float()
+        denoised = prediction.float() * (-sigma / (sigma**2 + 1) ** 0.5) + sample32 / (sigma**2 + 1)
+        derivative = (sample32 - denoised) / sigma
+        return (sample32 + derivative * (sigma_next - sigma)).to(prediction.dtype)
+
+
+class VAEOnlyBackbone(VisionBackbone):
+    """The paper's VAE-only ablation (`"vae"` stream): no U-Net step, just the image's latent.
+
+    Image 1 -> scaled VAE posterior mode [4, S/8, S/8] (deterministic, no noise augmentation) -> a trainable conv stem
+    of stride-2 3x3 convs with GELU, one per U-Net downsampler, widening to the U-Net's last-down-block width. At 448
+    px that is 56 -> 28 -> 14 -> 7 with 4 -> 320 -> 640 -> 1280 channels: 49 tokens x 1280, the shape of one SVD frame
+    slot, so the same projector fits. The paper only says "several convolutional layers"; this layout is our choice.
+    The stem is named in `trainable_module_names` so the freezing code keeps it trainable with a frozen VAE.
+    """
+
+    stream_name = "vae"
+
+    def __init__(
+        self,
+        vision_backbone_id: str,
+        config: SVDEncoderConfig,
+        vae: AutoencoderKLTemporalDecoder,
+        embed_dim: int,
+        num_downsamples: int,
+    ) -> None:
+        super().__init__(vision_backbone_id)
+        self.config, self.vae, self.embed_dim = config, vae, embed_dim
+        vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        total_factor = vae_factor * 2**num_downsamples
+        if config.image_size % total_factor != 0:
+            raise ValueError(f"image_size={config.image_size} must be a multiple of {total_factor} for the VAE stem.")
+        self.grid_size = config.image_size // total_factor
+        widths = [int(vae.config.latent_channels)] + [
+            max(embed_dim // 2 ** (num_downsamples - 1 - i), 1) for i in range(num_downsamples)
+        ]
+        layers: list[nn.Module] = []
+        with torch.random.fork_rng(devices=[]):  # a seeded stem init that leaves the global RNG alone
+            torch.manual_seed(config.seed)
+            for i, (c_in, c_out) in enumerate(itertools.pairwise(widths)):
+                layers.append(nn.Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1))
+                if i < num_downsamples - 1:
+                    layers.append(nn.GELU())
+        self.stem = nn.Sequential(*layers) if layers else nn.Conv2d(widths[0], embed_dim, kernel_size=1)
+        self.stem.to(vae.dtype)
+
+    @classmethod
+    def from_config(
+        cls,
+        vision_backbone_id: str,
+        config: SVDEncoderConfig,
+        torch_dtype: torch.dtype = torch.float32,
+        load_weights: bool = True,
+    ) -> VAEOnlyBackbone:
+        """Only the VAE (encoder) is loaded; the U-Net config (no weights) fixes the stem's depth and width.
+        `load_weights=False` reads nothing (built-in real architecture, or tiny when config.model_id is None)."""
+        if config.model_id is None or not load_weights:
+            if config.model_id is None:
+                components = build_tiny_svd_components(seed=config.seed, image_size=config.image_size)
+            else:
+                components = build_svd_architecture()
+            vae, unet_config = components.vae, dict(components.unet.config)
+            if vae.dtype != torch_dtype:
+                vae.to(torch_dtype)
+        else:
+            vae = AutoencoderKLTemporalDecoder.from_pretrained(
+                config.model_id, subfolder="vae", variant=config.variant, torch_dtype=torch_dtype
+            )
+            unet_config = UNetSpatioTemporalConditionModel.load_config(config.model_id, subfolder="unet")
+        drop_vae_decoder(vae)
+        embed_dim = int(unet_config["block_out_channels"][-1])
+        return cls(vision_backbone_id, config, vae, embed_dim, len(unet_config["down_block_types"]) - 1)
+
+    @property
+    def streams(self) -> tuple[StreamSpec, ...]:
+        return (StreamSpec(self.stream_name, self.embed_dim, self.grid_size * self.grid_size),)
+
+    @property
+    def trainable_module_names(self) -> tuple[str, ...]:
+        return ("stem",)
+
+    def get_image_transform(self) -> SVDImageTransform:
+        return SVDImageTransform(self.config.image_size, max_images=1, key=self.stream_name, first_only=True)
+
+    def forward(self, pixel_values: PixelValues) -> dict[str, torch.Tensor]:
+        frames, _ = unpack_uint8_frames(pixel_values, self.stream_name)
+        pixels = to_signed_unit(frames[:, 0].to(self.vae.device)).to(self.vae.dtype)
+        latents = self.vae.encode(pixels).latent_dist.mode() * float(self.vae.config.scaling_factor)
+        stem_dtype = next(self.stem.parameters()).dtype
+        grid = self.stem(latents.to(stem_dtype))  # [B, C, h', w']
+        return {self.stream_name: grid.flatten(2).transpose(1, 2)}
