@@ -42,13 +42,7 @@ from prismatic.models.backbones.vision.base_vision import (
     StreamSpec,
     VisionBackbone,
 )
-from prismatic.models.backbones.vision.svd_components import (
-    SVDComponents,
-    build_svd_architecture,
-    build_tiny_svd_components,
-    drop_vae_decoder,
-    load_svd_components,
-)
+from prismatic.models.backbones.vision.svd_components import SVDComponents, drop_vae_decoder, get_svd_components
 from prismatic.models.backbones.vision.svd_config import SVDEncoderConfig
 from prismatic.models.backbones.vision.svd_unet import (
     SVDImageTransform,
@@ -134,20 +128,9 @@ class SVDGenerativeEncoder(VisionBackbone):
 
         `load_weights=False` reads nothing: the real architecture is built from built-in configs (random init; use it
         under `with torch.device("meta"):`)."""
-        if config.model_id is not None and not load_weights:
-            components = build_svd_architecture()
-            drop_vae_decoder(components.vae)
-            for module in (components.vae, components.unet, components.image_encoder):
-                if module.dtype != torch_dtype:
-                    module.to(torch_dtype)
-        elif config.model_id is None:
-            components = build_tiny_svd_components(seed=config.seed, image_size=config.image_size)
-            drop_vae_decoder(components.vae)
-            for module in (components.vae, components.unet, components.image_encoder):
-                if module.dtype != torch_dtype:  # (diffusers warns on any dtype cast, even a no-op one)
-                    module.to(torch_dtype)
-        else:
-            components = load_svd_components(config.model_id, config.variant, torch_dtype)
+        components = get_svd_components(
+            config.model_id, config.variant, config.seed, config.image_size, torch_dtype, load_weights
+        )
         return cls(vision_backbone_id, config, components)
 
     # === VisionBackbone contract ===
@@ -376,14 +359,10 @@ class VAEOnlyBackbone(VisionBackbone):
         """Only the VAE (encoder) is loaded; the U-Net config (no weights) fixes the stem's depth and width.
         `load_weights=False` reads nothing (built-in real architecture, or tiny when config.model_id is None)."""
         if config.model_id is None or not load_weights:
-            if config.model_id is None:
-                components = build_tiny_svd_components(seed=config.seed, image_size=config.image_size)
-            else:
-                components = build_svd_architecture()
+            components = get_svd_components(config.model_id, config.variant,
+                                            config.seed, config.image_size, torch_dtype, load_weights=False)  # fmt: skip
             vae, unet_config = components.vae, dict(components.unet.config)
-            if vae.dtype != torch_dtype:
-                vae.to(torch_dtype)
-        else:
+        else:  # only the VAE's weights are needed; the U-Net's config fixes the stem's depth and width
             vae = AutoencoderKLTemporalDecoder.from_pretrained(
                 config.model_id, subfolder="vae", variant=config.variant, torch_dtype=torch_dtype
             )

@@ -199,6 +199,27 @@ def build_svd_architecture() -> SVDComponents:
     return SVDComponents(vae, unet, image_encoder, clip_image_processor(), svd_scheduler())
 
 
+def get_svd_components(
+    model_id: str | None,
+    variant: str | None,
+    seed: int,
+    image_size: int,
+    torch_dtype: torch.dtype = torch.float32,
+    load_weights: bool = True,
+) -> SVDComponents:
+    """The one way the encoders get components: tiny random ones (`model_id=None`), the real architecture without
+    reading anything (`load_weights=False`, for `meta`-device builds), or a checkpoint (hub id or local directory).
+    The VAE decoder is always dropped."""
+    if model_id is not None and load_weights:
+        return load_svd_components(model_id, variant, torch_dtype)
+    components = build_tiny_svd_components(seed, image_size) if model_id is None else build_svd_architecture()
+    drop_vae_decoder(components.vae)
+    for module in (components.vae, components.unet, components.image_encoder):
+        if module.dtype != torch_dtype:  # (diffusers warns on any dtype cast, even a no-op one)
+            module.to(torch_dtype)
+    return components
+
+
 def save_svd_components(components: SVDComponents, directory: str | Path) -> Path:
     """Write the diffusers layout plus model_index.json (a loadable `StableVideoDiffusionPipeline` directory)."""
     if not has_vae_decoder(components.vae):
