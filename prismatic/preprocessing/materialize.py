@@ -1,0 +1,189 @@
+"""Build the training dataset and collator for a stage: read the JSON, run the preflight, apply the policy.
+
+`get_dataset_and_collator` is what `scripts/pretrain.py` calls. The align stage reads the dataset config's align
+components into an `AlignDataset`; every other stage reads the finetune components into a `FinetuneDataset`.
+
+Under torch.distributed every rank preflights its own shard of the samples and the reports are gathered, so the
+pass costs 1/W of the time and every rank drops the same samples. With `preflight_cache`, the report is saved (by rank
+0) and reused while the JSON file and the settings are unchanged; a resumed run then trains on the same samples.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+
+from prismatic.conf.datasets import DatasetConfig
+from prismatic.models.backbones.llm.base_llm import LLMBackbone
+from prismatic.models.backbones.vision.base_vision import ImageTransform
+from prismatic.models.vlms.prismatic import STAGES
+from prismatic.models.vlms.splice import PaddingSide
+from prismatic.overwatch import initialize_overwatch
+from prismatic.preprocessing.collator import PaddedCollator
+from prismatic.preprocessing.datasets import AlignDataset, FinetuneDataset, LLaVADataset
+from prismatic.preprocessing.preflight import (
+    PreflightOptions,
+    PreflightReport,
+    apply_policy,
+    fingerprint,
+    load_cached_report,
+    run_preflight,
+    save_report,
+)
+from prismatic.preprocessing.records import BadSamplePolicy, check_policy, image_relpaths, load_records
+from prismatic.preprocessing.samples import ImageCheck, SampleTokenizer
+
+overwatch = initialize_overwatch(__name__)
+
+
+def infer_max_images(image_transform: ImageTransform) -> int | None:
+    """The most images one sample may carry: the SVD transform's frame slots (None when nothing limits it).
+
+    Walks merged transforms (`.transforms`) and reads `max_images` of the members that keep every frame.
+    """
+    limits: list[int] = []
+    pending: list[Any] = [image_transform]
+    while pending:
+        transform = pending.pop()
+        limit = getattr(transform, "max_images", None)
+        if isinstance(limit, int) and not getattr(transform, "first_only", False):
+            limits.append(limit)
+        pending.extend(getattr(transform, "transforms", None) or [])
+    return min(limits) if limits else None
+
+
+def _distributed() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather(value: Any, world_size: int) -> list[Any]:
+    if world_size == 1:
+        return [value]
+    gathered: list[Any] = [None] * world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def preflight_dataset(
+    records: list[Any],
+    image_dir: Path,
+    json_path: Path,
+    dataset_cls: type[LLaVADataset],
+    tokenizer: SampleTokenizer | None,
+    max_images: int | None,
+    check_images: ImageCheck = "load",
+    preflight_cache: Path | None = None,
+    num_threads: int | None = None,
+) -> PreflightReport:
+    """Run (or reuse from cache) the preflight, sharded over ranks when torch.distributed is initialised."""
+    rank, world_size = _distributed()
+    key = fingerprint(
+        json_path,
+        image_dir=str(Path(image_dir).resolve()),
+        record_kind=dataset_cls.record_kind,
+        llm=None if tokenizer is None else tokenizer.llm_backbone.identifier,
+        llm_max_length=None if tokenizer is None else tokenizer.llm_max_length,
+        num_visual_tokens=None if tokenizer is None else tokenizer.num_visual_tokens,
+        truncate_long_samples=None if tokenizer is None else tokenizer.truncate_long_samples,
+        max_images=max_images,
+        check_images=check_images,
+    )
+    cached = load_cached_report(preflight_cache, key)
+    # Decided together: a rank that missed the cache must not be left alone in the gathers below.
+    if all(_gather(cached is not None, world_size)):
+        return cached  # type: ignore[return-value]
+    options = PreflightOptions(check_images=check_images, num_threads=num_threads, shard_index=rank,
+                               num_shards=world_size)
+    overwatch.info(f"Preflight of {json_path} ({len(records)} samples, images under {image_dir}, {world_size} shard(s))")
+    report = PreflightReport.merge(_gather(
+        run_preflight(records, image_dir, json_path, dataset_cls.record_kind, tokenizer, max_images, options),
+        world_size,
+    ))
+    if preflight_cache is not None and rank == 0:
+        save_report(preflight_cache, key, report)
+    return report
+
+
+def get_dataset_and_collator(
+    stage: str,
+    dataset_cfg: DatasetConfig,
+    image_transform: ImageTransform,
+    llm_backbone: LLMBackbone,
+    num_visual_tokens: int,
+    padding_side: PaddingSide = "right",
+    on_bad_sample: BadSamplePolicy = "error",
+    *,
+    max_images: int | None = None,
+    truncate_long_samples: bool = False,
+    preflight: bool = True,
+    check_images: ImageCheck = "load",
+    preflight_cache: Path | None = None,
+    num_threads: int | None = None,
+) -> tuple[LLaVADataset, PaddedCollator]:
+    """Dataset + collator for `stage` (`align` -> captions; every other stage -> conversations).
+
+    `num_visual_tokens` is the VLM's (`vlm.num_visual_tokens`): image rows must fit `llm_max_length` with them.
+    `max_images` defaults to the transform's frame slots. `on_bad_sample` applies to the preflight (error: raise a
+    `DatasetError` naming the files and problems; skip: drop, count and log them) and to files that go bad later.
+    `truncate_long_samples` cuts over-long samples to fit (as the released recipe did) instead of treating them
+    as bad. `preflight=False` skips the pass (bad samples then surface one at a time during training).
+    """
+    if stage not in STAGES:
+        raise ValueError(f"Unknown stage {stage!r}; valid stages are {list(STAGES)}.")
+    on_bad_sample = check_policy(on_bad_sample)
+    dataset_cls: type[LLaVADataset] = AlignDataset if stage == "align" else FinetuneDataset
+    json_path, image_dir = dataset_cfg.components("align" if stage == "align" else "finetune")
+    if max_images is None:
+        max_images = infer_max_images(image_transform)
+
+    records = load_records(json_path)
+    if not Path(image_dir).is_dir() and any(isinstance(r, dict) and r.get("image") for r in records):
+        overwatch.warning(f"Image directory {image_dir} does not exist; every image sample will be missing its file.")
+    source_indices = list(range(len(records)))
+    report = None
+    if preflight:
+        tokenizer = SampleTokenizer(llm_backbone, num_visual_tokens, truncate_long_samples=truncate_long_samples)
+        report = preflight_dataset(
+            records, image_dir, json_path, dataset_cls, tokenizer, max_images, check_images, preflight_cache,
+            num_threads,
+        )
+        bad = apply_policy(report, on_bad_sample)
+        if bad:
+            source_indices = [i for i in source_indices if i not in bad]
+            records = [records[i] for i in source_indices]
+
+    dataset = dataset_cls(
+        records,
+        image_dir,
+        image_transform,
+        llm_backbone,
+        num_visual_tokens,
+        source=json_path,
+        on_bad_sample=on_bad_sample,
+        max_images=max_images,
+        truncate_long_samples=truncate_long_samples,
+        source_indices=source_indices,
+    )
+    dataset.preflight_report = report
+    _log_summary(dataset, records)
+    collator = PaddedCollator(llm_backbone.pad_token_id, padding_side=padding_side,
+                              model_max_length=llm_backbone.llm_max_length)
+    return dataset, collator
+
+
+def _log_summary(dataset: LLaVADataset, records: list[Any]) -> None:
+    counts = {"image": 0, "multi-image": 0, "text-only": 0}
+    for record in records:
+        try:
+            n = len(image_relpaths(record)) if isinstance(record, dict) else 0
+        except ValueError:
+            n = 0
+        counts["text-only" if n == 0 else "image" if n == 1 else "multi-image"] += 1
+    overwatch.info(
+        f"{type(dataset).__name__} from {dataset.source}: {len(dataset)} samples ("
+        + ", ".join(f"{v} {k}" for k, v in counts.items()) + ")"
+    )
