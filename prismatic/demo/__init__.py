@@ -1,0 +1,40 @@
+"""The embedded demo data: a small seeded world of coloured shapes, single images and short clips, with one-word
+questions about colours, positions, counts, shapes and motion, written as LLaVA-format splits.
+
+    from prismatic.demo import build_demo_dataset
+    paths = build_demo_dataset()          # generated once into ~/.cache/dyva-worldlm/demo (or $DYVA_CACHE/demo)
+    paths.train_json, paths.eval_single_json, paths.eval_motion_json, paths.image_dir
+"""
+
+from prismatic.demo.dataset import DEMO_SPLITS, DemoPaths, DemoSplit, build_demo_dataset, default_cache_dir
+from prismatic.demo.questions import (
+    ANSWERS,
+    MOTION_TYPES,
+    QUESTION_TYPES,
+    SINGLE_TYPES,
+    Question,
+    QuestionType,
+    chance_level,
+)
+from prismatic.demo.world import Clip, ClipObject, Scene, WorldObject, render, scene_from_json
+
+__all__ = [
+    "ANSWERS",
+    "DEMO_SPLITS",
+    "MOTION_TYPES",
+    "QUESTION_TYPES",
+    "SINGLE_TYPES",
+    "Clip",
+    "ClipObject",
+    "DemoPaths",
+    "DemoSplit",
+    "Question",
+    "QuestionType",
+    "Scene",
+    "WorldObject",
+    "build_demo_dataset",
+    "chance_level",
+    "default_cache_dir",
+    "render",
+    "scene_from_json",
+]

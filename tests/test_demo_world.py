@@ -1,0 +1,322 @@
+"""The embedded demo data and its scoring: deterministic builds, answers re-derived from the scene descriptions (by
+code written here, independent of the generator), rendering that matches the descriptions, motion that the first
+frame does not give away, balanced answers, disjoint train / eval scenes, and the evaluate script with a fake model."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import importlib.util
+import json
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from prismatic.demo import ANSWERS, MOTION_TYPES, QUESTION_TYPES, SINGLE_TYPES, build_demo_dataset, chance_level
+from prismatic.demo.dataset import read_manifest
+from prismatic.demo.questions import make_question
+from prismatic.demo.world import BACKGROUND, RGB, geometry
+from prismatic.eval.scoring import format_table, normalize_answer, score
+
+SIZES = {"num_train_scenes": 240, "num_train_clips": 180, "num_eval_scenes": 80, "num_eval_clips": 60}
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory):
+    return build_demo_dataset(tmp_path_factory.mktemp("demo") / "data", seed=0, **SIZES)
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    return json.loads(path.read_text())
+
+
+def all_records(demo) -> list[dict[str, Any]]:
+    return [r for split in (demo.train_json, demo.eval_single_json, demo.eval_motion_json) for r in records(split)]
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# === Independent answer checks (plain dict access on the stored description) ===
+def question(record: dict[str, Any]) -> str:
+    return record["conversations"][0]["value"]
+
+
+def by_color(objects: list[dict[str, Any]], color: str) -> dict[str, Any]:
+    (match,) = [o for o in objects if o["color"] == color]
+    return match
+
+
+def expected_answer(record: dict[str, Any]) -> str:
+    text, scene, kind = question(record), record["scene"], record["question_type"]
+    objects = scene["objects"]
+    if kind == "count":
+        return ["one", "two", "three", "four"][len(objects) - 1]
+    if kind == "color-of-position":
+        where = re.search(r"the (top|bottom|leftmost|rightmost) object", text).group(1)
+        axis, sign = {"top": ("y", 1), "bottom": ("y", -1), "leftmost": ("x", 1), "rightmost": ("x", -1)}[where]
+        ranked = sorted(objects, key=lambda o: sign * o[axis])
+        assert sign * ranked[1][axis] > sign * ranked[0][axis], "the extreme object must be unique"
+        return ranked[0]["color"]
+    if kind == "left-of":
+        c1, s1, c2, s2 = re.search(r"Is the (\w+) (\w+) left of the (\w+) (\w+)\?", text).groups()
+        first, second = by_color(objects, c1), by_color(objects, c2)
+        assert (first["shape"], second["shape"]) == (s1, s2)
+        assert first["x"] != second["x"]
+        return "yes" if first["x"] < second["x"] else "no"
+    if kind == "shape-of":
+        return by_color(objects, re.search(r"What shape is the (\w+) object", text).group(1))["shape"]
+    moving = [o for o in objects if o["path"][0] != o["path"][-1]]
+    if kind == "motion-direction":
+        color, shape = re.search(r"Which way does the (\w+) (\w+) move\?", text).groups()
+        (mover,) = moving
+        assert (mover["color"], mover["shape"]) == (color, shape)
+        dx = mover["path"][-1][0] - mover["path"][0][0]
+        dy = mover["path"][-1][1] - mover["path"][0][1]
+        assert dx == 0 or dy == 0
+        return ("right" if dx > 0 else "left") if dx else ("down" if dy > 0 else "up")
+    if kind == "which-moved":
+        named = re.findall(r"the (\w+) one", text)
+        assert sorted(named) == sorted(o["color"] for o in objects)
+        (mover,) = moving
+        return mover["color"]
+    if kind == "met":
+        a, b = objects
+        size = a["size"]
+        assert b["size"] == size
+        touching = [abs(pa[0] - pb[0]) < size and abs(pa[1] - pb[1]) < size for pa, pb in zip(a["path"], b["path"])]
+        return "yes" if any(touching) else "no"
+    raise AssertionError(f"unknown question type {kind}")
+
+
+# === Determinism and the cache ===
+def test_same_arguments_give_identical_bytes_and_another_seed_differs(demo, tmp_path: Path) -> None:
+    again = build_demo_dataset(tmp_path / "again", seed=0, **SIZES)
+    assert tree_bytes(demo.root) == tree_bytes(again.root)
+    other = build_demo_dataset(tmp_path / "other", seed=1, **SIZES)
+    assert demo.train_json.read_bytes() != other.train_json.read_bytes()
+    first_png = demo.root / records(demo.train_json)[0]["image"]
+    assert first_png.read_bytes() != (other.root / records(other.train_json)[0]["image"]).read_bytes()
+
+
+def test_cache_is_reused_and_rebuilt_on_new_arguments(tmp_path: Path) -> None:
+    small = {"num_train_scenes": 8, "num_train_clips": 6, "num_eval_scenes": 4, "num_eval_clips": 3}
+    paths = build_demo_dataset(tmp_path / "cache", **small)
+    stamp = paths.train_json.stat().st_mtime_ns
+    assert build_demo_dataset(tmp_path / "cache", **small).train_json.stat().st_mtime_ns == stamp
+    rebuilt = build_demo_dataset(tmp_path / "cache", **{**small, "num_train_scenes": 5})
+    assert read_manifest(rebuilt.root)["arguments"]["num_train_scenes"] == 5
+    assert len(records(rebuilt.train_json)) == 5 + 6
+    assert sorted(p.name for p in (rebuilt.root / "images" / "train").glob("s*.png")) == [
+        f"s{i:06d}.png" for i in range(5)
+    ]
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="empty or new directory"):
+        build_demo_dataset(foreign, **small)
+    with pytest.raises(ValueError, match="image_size"):
+        build_demo_dataset(tmp_path / "tiny", image_size=16, **small)
+
+
+def test_default_cache_dir_follows_dyva_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from prismatic.demo import default_cache_dir
+
+    monkeypatch.setenv("DYVA_CACHE", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "demo"
+
+
+# === Records, answers, rendering ===
+def test_records_are_llava_format_with_checkable_answers(demo) -> None:
+    for split, types in ((demo.train_json, QUESTION_TYPES), (demo.eval_single_json, SINGLE_TYPES),
+                         (demo.eval_motion_json, MOTION_TYPES)):
+        rows = records(split)
+        assert {r["question_type"] for r in rows} == set(types)
+        for record in rows:
+            human, gpt = record["conversations"]
+            assert human["from"] == "human" and gpt["from"] == "gpt"
+            assert human["value"].startswith("<image>\n") and human["value"].endswith(" Answer with one word.")
+            assert gpt["value"] in ANSWERS[record["question_type"]]
+            assert gpt["value"] == expected_answer(record), record["id"]
+            single = record["question_type"] in SINGLE_TYPES
+            assert isinstance(record["image"], str) == single
+            if not single:
+                assert 2 <= len(record["image"]) == record["scene"]["num_frames"] <= 4
+    assert len({r["id"] for r in all_records(demo)}) == len(all_records(demo))
+
+
+def test_rendering_matches_the_description(demo) -> None:
+    for record in all_records(demo)[::3]:
+        paths = [record["image"]] if isinstance(record["image"], str) else record["image"]
+        frames = [np.asarray(Image.open(demo.root / p)) for p in paths]
+        size = record["scene"]["image_size"]
+        assert all(f.shape == (size, size, 3) for f in frames)
+        assert tuple(frames[0][0, 0]) == BACKGROUND
+        for obj in record["scene"]["objects"]:
+            x, y = obj.get("path", [[obj.get("x"), obj.get("y")]])[0]
+            assert tuple(frames[0][y, x]) == RGB[obj["color"]], (record["id"], obj)
+        colors = {tuple(c) for c in frames[0].reshape(-1, 3)}
+        assert colors == {BACKGROUND} | {RGB[o["color"]] for o in record["scene"]["objects"]}
+        for t, frame in enumerate(frames):  # every frame shows each object where the path says (unless covered)
+            for obj in record["scene"].get("objects", []):
+                if "path" in obj and record["question_type"] != "met":
+                    x, y = obj["path"][t]
+                    assert tuple(frame[y, x]) == RGB[obj["color"]]
+
+
+def test_motion_is_large_and_straight(demo) -> None:
+    clips = [r for r in all_records(demo) if r["question_type"] in MOTION_TYPES]
+    for record in clips:
+        geo = geometry(record["scene"]["image_size"])
+        movers = [o for o in record["scene"]["objects"] if o["path"][0] != o["path"][-1]]
+        assert len(movers) == 1
+        (mover,) = movers
+        path = np.array(mover["path"])
+        steps = np.diff(path, axis=0)
+        total = path[-1] - path[0]
+        assert np.count_nonzero(total) == 1 and np.abs(total).sum() == geo.motion
+        assert geo.motion >= 2 * mover["size"]  # several object widths
+        assert all(np.sign(step).tolist() == np.sign(total).tolist() for step in steps)  # straight, one direction
+        assert np.abs(steps).max() - np.abs(steps[np.nonzero(steps)]).min() <= 1  # constant speed up to rounding
+        if record["question_type"] == "motion-direction":
+            assert expected_answer(record) == record["conversations"][1]["value"]
+
+
+def ks_distance(a: list[float], b: list[float]) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic."""
+    grid = np.sort(np.concatenate([a, b]))
+    cdf_a = np.searchsorted(np.sort(a), grid, side="right") / len(a)
+    cdf_b = np.searchsorted(np.sort(b), grid, side="right") / len(b)
+    return float(np.abs(cdf_a - cdf_b).max())
+
+
+def draw_many(question_type: str, n: int) -> list[Any]:
+    geo, answers = geometry(64), ANSWERS[question_type]
+    rng = np.random.default_rng(123)
+    return [make_question(question_type, answers[i % len(answers)], rng, geo, 2 + i % 3) for i in range(n)]
+
+
+def test_first_frame_carries_no_motion_information() -> None:
+    # motion-direction: where the mover starts does not depend on where it goes
+    questions = draw_many("motion-direction", 1600)
+    starts = {d: [] for d in ANSWERS["motion-direction"]}
+    for q in questions:
+        (mover,) = [o for o in q.scene.objects if o.moves]
+        starts[q.answer].append(mover.path[0])
+    for axis in (0, 1):
+        values = {d: [p[axis] for p in ps] for d, ps in starts.items()}
+        assert ks_distance(values["left"], values["right"]) < 0.15
+        assert ks_distance(values["up"], values["down"]) < 0.15
+        assert ks_distance(values["left"], values["up"]) < 0.15
+    # which-moved: the mover starts where the static objects start
+    questions = draw_many("which-moved", 900)
+    moving = [o.path[0][a] for q in questions for o in q.scene.objects if o.moves for a in (0, 1)]
+    still = [o.path[0][a] for q in questions for o in q.scene.objects if not o.moves for a in (0, 1)]
+    assert ks_distance(moving, still) < 0.1
+    # met: the first frame (both objects' places) looks the same whether they will meet or not
+    questions = draw_many("met", 1200)
+    features = {"yes": [], "no": []}
+    for q in questions:
+        centres = sorted(o.path[0] for o in q.scene.objects)
+        features[q.answer].append(np.array(centres, dtype=float).ravel())
+    for column in range(4):
+        yes = [f[column] for f in features["yes"]]
+        no = [f[column] for f in features["no"]]
+        assert ks_distance(yes, no) < 0.12
+
+
+def test_answers_are_balanced_per_type(demo) -> None:
+    for split in (demo.train_json, demo.eval_single_json, demo.eval_motion_json):
+        per_type: dict[str, Counter] = {}
+        for record in records(split):
+            per_type.setdefault(record["question_type"], Counter())[record["conversations"][1]["value"]] += 1
+        for question_type, counts in per_type.items():
+            assert set(counts) == set(ANSWERS[question_type]), (split.name, question_type, counts)
+            assert max(counts.values()) - min(counts.values()) <= 1, (split.name, question_type, counts)
+
+
+def test_chance_levels() -> None:
+    assert chance_level("color-of-position") == pytest.approx(1 / 5)
+    assert chance_level("count") == pytest.approx(1 / 4)
+    assert chance_level("left-of") == chance_level("met") == pytest.approx(1 / 2)
+    assert chance_level("shape-of") == pytest.approx(1 / 3)
+    assert chance_level("motion-direction") == pytest.approx(1 / 4)
+    assert chance_level("which-moved") == pytest.approx(1 / 3)  # three candidates, all named in the question
+    with pytest.raises(ValueError, match="valid types"):
+        chance_level("colour")  # type: ignore[arg-type]
+
+
+def test_train_and_eval_scenes_are_disjoint(demo) -> None:
+    def keys(path: Path) -> set[str]:
+        return {json.dumps(r["scene"], sort_keys=True) for r in records(path)}
+
+    train = keys(demo.train_json)
+    held_out = keys(demo.eval_single_json) | keys(demo.eval_motion_json)
+    assert not train & held_out
+    assert len(held_out) == SIZES["num_eval_scenes"] + SIZES["num_eval_clips"]  # no duplicates within eval either
+
+
+# === Scoring and scripts/evaluate.py ===
+def test_normalisation() -> None:
+    assert normalize_answer("Two.") == normalize_answer("2") == "2"
+    assert normalize_answer("Red") == normalize_answer(" red! ") == "red"
+    assert normalize_answer("A blue ball") == normalize_answer("the BLUE   ball") == "blue ball"
+    assert normalize_answer("Yes, ") == "yes"
+    assert normalize_answer("left-of") == normalize_answer("left of")
+    assert normalize_answer("Four") == normalize_answer("4")
+
+
+def test_score_and_table(demo) -> None:
+    rows = records(demo.eval_single_json)
+    predictions = {r["id"]: r["conversations"][1]["value"].upper() + "." for r in rows if r["question_type"] != "count"}
+    predictions.update({r["id"]: "zero" for r in rows if r["question_type"] == "count"})
+    del predictions[rows[0]["id"]]  # a missing prediction counts as wrong
+    report = score(predictions, demo.eval_single_json)
+    per_type = report.accuracies()
+    assert per_type["count"] == 0.0
+    assert per_type["left-of"] == per_type["shape-of"] == 1.0
+    assert report.by_type[rows[0]["question_type"]].total == report.by_type["count"].total == 20
+    assert report.missing == [rows[0]["id"]]
+    table = format_table(report, title="demo")
+    assert "color-of-position" in table and "chance %" in table and "25.0" in table and "no prediction" in table
+
+
+def load_evaluate_script():
+    spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "scripts" / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_evaluate_script_scores_a_fake_model(demo, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    evaluate = load_evaluate_script()
+    seen: list[int] = []
+
+    def fake_predict(batch) -> list[str]:
+        seen.append(len(batch))
+        for sample in batch:  # frames of a clip arrive as a list of paths, in order
+            images = evaluate.open_images(sample)
+            assert isinstance(images, list) == sample.multi_frame
+        return [s.answer if s.question_type != "met" else "maybe" for s in batch]
+
+    output = tmp_path / "predictions.jsonl"
+    argv = ["--model", "fake", "--data", str(demo.eval_motion_json), "--batch_size", "7", "--max_samples", "30",
+            "--output", str(output), "--report", str(tmp_path / "report.json")]
+    assert evaluate.main(argv, predict=fake_predict) == 0
+    assert seen == [7, 7, 7, 7, 2]
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(rows) == 30 and {"id", "prediction", "answer", "correct"} <= set(rows[0])
+    assert all(r["correct"] == (r["question_type"] != "met") for r in rows)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["by_type"]["met"]["accuracy"] == 0.0 and report["by_type"]["which-moved"]["accuracy"] == 1.0
+    printed = capsys.readouterr().out
+    assert "motion-direction" in printed and "100.0" in printed and "33.3" in printed
