@@ -8,7 +8,7 @@ those tokens are placed in the prompt.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn as nn
@@ -17,6 +17,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from prismatic.models.backbones.llm.base_llm import LLMBackbone
 from prismatic.models.backbones.vision.base_vision import PixelValues, VisionBackbone
 from prismatic.models.projectors import ArchSpecifier, build_projector
+from prismatic.models.vlms.generation import SampleImages
+from prismatic.models.vlms.generation import generate as generate_text
 from prismatic.models.vlms.splice import PaddingSide, splice_visual_tokens
 
 Stage = Literal["align", "finetune", "full-finetune", "finetune-unet", "finetune-unet-vae"]
@@ -123,3 +125,18 @@ class PrismaticVLM(nn.Module):
             position_ids=spliced.position_ids,
             labels=spliced.labels,
         )
+
+    # === Generation ===
+    def generate(
+        self, images: SampleImages | list[SampleImages], prompt: str | list[str], **options: Any
+    ) -> str | list[str]:
+        """Answer a prompt about an image (see `prismatic.models.vlms.generation`).
+
+        `images`: a PIL image, a list of PIL images (the frames of one sample, for the SVD slots; static encoders see
+        frame 1), or None; with a list of prompts, a list holding one such entry per prompt. `prompt`: the text of
+        `get_prompt_builder()...get_prompt()`, or a list of them (a batch). Returns a str, or a list of str for a
+        list of prompts. Options: do_sample (False = greedy), temperature, top_p, top_k, max_new_tokens (128),
+        min_length (new tokens before a stop token is allowed), seed (reproducible sampling, global RNG untouched).
+        Runs in eval mode under `torch.inference_mode` and restores the previous mode.
+        """
+        return generate_text(self, images, prompt, **options)
