@@ -1,0 +1,56 @@
+"""infer.py: ask a trained VLM one question about an image (or several frames), as in the README.
+
+    python infer.py --model runs/<run_id> --image assets/rocket.png --prompt "What is in the image?"
+    python infer.py --model dyva_siglip_qwen+7b --image f0.png f1.png f2.png --prompt "Which way does it move?"
+
+`--model` is a run directory written by scripts/pretrain.py or a released model id (`dyva_siglip+7b`,
+`dyva_siglip_qwen+7b`; needs the hub or its cache). Several `--image` paths are frames: the SVD stream sees all of them
+in its keyframe slots, the static encoder sees the first.
+"""
+
+import argparse
+import os
+
+import torch
+from PIL import Image
+
+from prismatic import load
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="run directory or released model id")
+    parser.add_argument("--image", nargs="+", required=True, help="one image, or several frames in time order")
+    parser.add_argument("--prompt", default="What is in the image and what is going on?")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    parser.add_argument("--do_sample", action="store_true", help="sample (default: greedy)")
+    parser.add_argument("--temperature", type=float, default=0.4)
+    parser.add_argument("--max_new_tokens", type=int, default=1024)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--hf_token", default=os.environ.get("HF_TOKEN"), help="default: $HF_TOKEN")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = parse_args(argv)
+    vlm = load(args.model, hf_token=args.hf_token)
+    vlm.to(args.device, dtype=getattr(torch, args.dtype))
+    frames = [Image.open(path).convert("RGB") for path in args.image]
+    prompt_builder = vlm.get_prompt_builder()
+    prompt_builder.add_turn(role="human", message=args.prompt)
+    text = vlm.generate(
+        frames[0] if len(frames) == 1 else frames,
+        prompt_builder.get_prompt(),
+        do_sample=args.do_sample,
+        temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens,
+        min_length=1,
+        seed=args.seed,
+    )
+    print(f"Q: {args.prompt}\nA: {text}")
+    return text
+
+
+if __name__ == "__main__":
+    main()
