@@ -1,0 +1,260 @@
+"""Model configs (draccus `ChoiceRegistry`): which VLM to build and how to optimise each of its training stages.
+
+One registered choice per id and alias of `prismatic.models.registry` (`--model.type dyva_siglip`,
+`--model.type dyva_siglip+7b`, `--model.type prism_siglip+tiny`, ...), generated from that registry so a model is
+added in one place only. Every field can be overridden from the CLI (`--model.finetune_learning_rate 1e-5`) or YAML.
+
+Fields follow prismatic-vlms: identity (`model_id`, backbones, `arch_specifier`, resize strategy), the generative
+encoder's options (`svd_*`, mapped onto `SVDEncoderConfig` by `svd_encoder_config()`), and one set of optimisation
+fields per stage (`align_*` for the projector-only align stage, `finetune_*` for every other stage).
+`validate()` checks every value before anything is built, naming the field and its valid values.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, make_dataclass, replace
+from typing import Literal, get_args
+
+from draccus import ChoiceRegistry
+
+from prismatic.models.backbones.llm.registry import LLM_BACKBONES
+from prismatic.models.backbones.vision.base_vision import IMAGE_RESIZE_STRATEGIES
+from prismatic.models.backbones.vision.registry import (
+    VISION_BACKBONE_ALIASES,
+    VISION_BACKBONES,
+    resolve_vision_backbone_id,
+)
+from prismatic.models.backbones.vision.svd_config import (
+    DEFAULT_SVD_MODEL_ID,
+    FeatureTap,
+    KeyframePlacement,
+    SVDEncoderConfig,
+    SVDMode,
+)
+from prismatic.models.projectors import ArchSpecifier
+from prismatic.models.registry import MODEL_ALIASES, MODEL_REGISTRY, ModelSpec
+from prismatic.models.vlms.prismatic import STAGES, Stage
+
+TrainStrategy = Literal["fsdp-full-shard", "fsdp-shard-grad-op", "fsdp-hybrid-shard", "ddp", "single"]
+TRAIN_STRATEGIES: tuple[str, ...] = get_args(TrainStrategy)
+LRSchedulerType = Literal["linear-warmup+cosine-decay", "constant"]
+LR_SCHEDULER_TYPES: tuple[str, ...] = get_args(LRSchedulerType)
+OptimStage = Literal["align", "finetune"]
+DEFAULT_MODEL_TYPE = "dyva_siglip+7b"
+
+# The SVD image size of tiny generative encoders (random components built from config objects, see materialize.py).
+TINY_SVD_IMAGE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class StageOptimization:
+    """The optimisation fields of one stage, read from a `ModelConfig` by `ModelConfig.optimization(stage)`."""
+
+    epochs: int
+    max_steps: int | None
+    global_batch_size: int
+    per_device_batch_size: int
+    learning_rate: float
+    weight_decay: float
+    max_grad_norm: float
+    lr_scheduler_type: LRSchedulerType
+    warmup_ratio: float
+    train_strategy: TrainStrategy
+
+
+@dataclass
+class ModelConfig(ChoiceRegistry):
+    # === Identity (defaults come from the model registry entry of the chosen `type`) ===
+    model_id: str = "dyva_siglip+7b"  # name recorded with the model; registry ids and aliases resolve in `load()`
+    arch_specifier: str = "no-align+dual"  # "<align|no-align>+<projector>", e.g. "no-align+dual"
+    vision_backbone_id: str = "siglip+svd"
+    llm_backbone_id: str = "llama2-7b-pure"
+    image_resize_strategy: str = "resize-naive"
+    llm_max_length: int = 2048
+    # The trainable set that `--stage finetune` uses: "finetune" (projector + LLM), or a U-Net ablation's set.
+    finetune_stage: Stage = "finetune"
+    # Local directories instead of the hub (offline machines): the static vision encoder and the LLM.
+    vision_pretrained_path: str | None = None
+    llm_pretrained_path: str | None = None
+
+    # === Generative (SVD) encoder; ignored by backbones without an SVD stream ===
+    svd_model_id: str | None = DEFAULT_SVD_MODEL_ID  # hub id or local diffusers dir; tiny backbones: random
+    svd_variant: str | None = None  # diffusers weight variant, e.g. "fp16"
+    svd_mode: SVDMode = "release"  # "release" (what the released checkpoints saw) or "paper" (the paper's equations)
+    svd_num_frames: int = 8  # T frame slots; `--num_frames` on the pretrain config overrides it
+    svd_sigma_index: int = 0  # index into the 25-step Karras schedule; 0 = sigma 700
+    svd_placement: KeyframePlacement | None = None  # None = the mode's default (release: cond-slots)
+    svd_tap: FeatureTap = "pre-mid"
+    svd_feature_noise: bool = True  # release mode: the released tiny noise term (exact emulation)
+
+    # === Align stage (projector only; LLaVA-1.5's recipe) ===
+    align_epochs: int = 1
+    align_max_steps: int | None = None
+    align_global_batch_size: int = 256
+    align_per_device_batch_size: int = 16
+    align_learning_rate: float = 1e-3
+    align_weight_decay: float = 0.0
+    align_max_grad_norm: float = 1.0
+    align_lr_scheduler_type: LRSchedulerType = "linear-warmup+cosine-decay"
+    align_warmup_ratio: float = 0.03
+    align_train_strategy: TrainStrategy = "fsdp-shard-grad-op"
+
+    # === Finetune stages (SPEC 2.7: the paper's recipe) ===
+    finetune_epochs: int = 1
+    finetune_max_steps: int | None = None
+    finetune_global_batch_size: int = 128
+    finetune_per_device_batch_size: int = 16
+    finetune_learning_rate: float = 2e-5
+    finetune_weight_decay: float = 0.1
+    finetune_max_grad_norm: float = 1.0
+    finetune_lr_scheduler_type: LRSchedulerType = "linear-warmup+cosine-decay"
+    finetune_warmup_ratio: float = 0.03
+    finetune_train_strategy: TrainStrategy = "fsdp-full-shard"
+
+    # === Compute and precision ===
+    enable_gradient_checkpointing: bool = True  # on the LLM decoder layers
+    enable_mixed_precision_training: bool = True  # bf16 compute, fp32 master weights
+    reduce_in_full_precision: bool = True  # fp32 gradient reductions
+    pure_bf16: bool = False  # weights and optimizer state in bf16, as the released run (most small updates vanish)
+
+    @classmethod
+    def default_choice_name(cls) -> str | None:
+        # Without `--model.type`, CLI overrides apply to DyVA-7B.
+        return DEFAULT_MODEL_TYPE
+
+    # === Derived values ===
+    def optimization(self, stage: OptimStage) -> StageOptimization:
+        """The `align_*` or `finetune_*` fields as one object."""
+        return StageOptimization(**{f: getattr(self, f"{stage}_{f}") for f in StageOptimization.__dataclass_fields__})
+
+    def svd_encoder_config(self, num_frames: int | None = None) -> SVDEncoderConfig:
+        """The generative encoder's config. Tiny backbones use random components at 64 px whatever `svd_model_id`
+        says (there is no tiny checkpoint); `num_frames` (when given) overrides `svd_num_frames`."""
+        if VISION_BACKBONES[resolve_vision_backbone_id(self.vision_backbone_id)].tiny:
+            base = SVDEncoderConfig(model_id=None, image_size=TINY_SVD_IMAGE_SIZE)
+        else:
+            base = SVDEncoderConfig(model_id=self.svd_model_id, variant=self.svd_variant)
+        return replace(
+            base,
+            mode=self.svd_mode,
+            num_frames=self.svd_num_frames if num_frames is None else num_frames,
+            sigma_index=self.svd_sigma_index,
+            placement=self.svd_placement,
+            tap=self.svd_tap,
+            feature_noise=self.svd_feature_noise,
+        )
+
+    def validate(self) -> None:
+        """Raise a ValueError naming the first invalid field (as `--model.<field>`) and its valid values."""
+        _check_choice("vision_backbone_id", self.vision_backbone_id, [*VISION_BACKBONES, *VISION_BACKBONE_ALIASES])
+        _check_choice("llm_backbone_id", self.llm_backbone_id, list(LLM_BACKBONES))
+        _check_choice("image_resize_strategy", self.image_resize_strategy, list(IMAGE_RESIZE_STRATEGIES))
+        _check_choice("finetune_stage", self.finetune_stage, list(STAGES))
+        _check_choice("svd_mode", self.svd_mode, list(get_args(SVDMode)))
+        _check_choice("svd_tap", self.svd_tap, list(get_args(FeatureTap)))
+        if self.svd_placement is not None:
+            _check_choice("svd_placement", self.svd_placement, list(get_args(KeyframePlacement)))
+        try:
+            ArchSpecifier.parse(self.arch_specifier)
+        except ValueError as error:
+            raise ValueError(f"--model.arch_specifier: {error}") from error
+        _check_positive("llm_max_length", self.llm_max_length)
+        _check_positive("svd_num_frames", self.svd_num_frames)
+        if not 0 <= self.svd_sigma_index < SVDEncoderConfig.schedule_steps:
+            raise ValueError(
+                f"--model.svd_sigma_index={self.svd_sigma_index} must lie in [0, {SVDEncoderConfig.schedule_steps})."
+            )
+        for stage in get_args(OptimStage):
+            self._validate_optimization(stage)
+
+    def _validate_optimization(self, stage: OptimStage) -> None:
+        opt = self.optimization(stage)
+        _check_choice(f"{stage}_train_strategy", opt.train_strategy, list(TRAIN_STRATEGIES))
+        _check_choice(f"{stage}_lr_scheduler_type", opt.lr_scheduler_type, list(LR_SCHEDULER_TYPES))
+        for name in ("epochs", "global_batch_size", "per_device_batch_size"):
+            _check_positive(f"{stage}_{name}", getattr(opt, name))
+        if opt.max_steps is not None:
+            _check_positive(f"{stage}_max_steps", opt.max_steps)
+        if opt.global_batch_size % opt.per_device_batch_size != 0:
+            raise ValueError(
+                f"--model.{stage}_global_batch_size={opt.global_batch_size} must be a multiple of "
+                f"--model.{stage}_per_device_batch_size={opt.per_device_batch_size}."
+            )
+        if not opt.learning_rate > 0:
+            raise ValueError(f"--model.{stage}_learning_rate must be > 0, got {opt.learning_rate}.")
+        for name in ("weight_decay", "max_grad_norm"):
+            if getattr(opt, name) < 0:
+                raise ValueError(f"--model.{stage}_{name} must be >= 0, got {getattr(opt, name)}.")
+        if not 0 <= opt.warmup_ratio < 1:
+            raise ValueError(f"--model.{stage}_warmup_ratio must lie in [0, 1), got {opt.warmup_ratio}.")
+
+
+def _check_choice(name: str, value: object, valid: list[str]) -> None:
+    if value not in valid:
+        raise ValueError(f"--model.{name}={value!r} is invalid; valid values are: {', '.join(sorted(valid))}.")
+
+
+def _check_positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"--model.{name} must be a positive integer, got {value!r}.")
+
+
+# === Registration: one choice per model registry id and alias ===
+# Tiny models train on CPU in seconds: small batches, a high learning rate, fp32 (CPU bf16 is slow and inexact).
+_TINY_DEFAULTS: dict[str, object] = {
+    "finetune_global_batch_size": 8,
+    "finetune_per_device_batch_size": 4,
+    "finetune_learning_rate": 1e-3,
+    "finetune_weight_decay": 0.0,
+    "align_global_batch_size": 8,
+    "align_per_device_batch_size": 4,
+    "enable_gradient_checkpointing": False,
+    "enable_mixed_precision_training": False,
+    "svd_model_id": None,
+}
+
+
+def _spec_defaults(name: str, spec: ModelSpec) -> dict[str, object]:
+    defaults: dict[str, object] = {
+        "model_id": name,
+        "arch_specifier": spec.arch_specifier,
+        "vision_backbone_id": spec.vision_backbone_id,
+        "llm_backbone_id": spec.llm_backbone_id,
+        "image_resize_strategy": spec.image_resize_strategy,
+        "finetune_stage": spec.stage,
+        "svd_mode": spec.svd_mode,
+        "svd_num_frames": spec.num_frames,
+        "svd_tap": spec.tap,
+    }
+    if VISION_BACKBONES[resolve_vision_backbone_id(spec.vision_backbone_id)].tiny:
+        defaults.update(_TINY_DEFAULTS)
+    return defaults
+
+
+def _make_choice(name: str, spec: ModelSpec) -> type[ModelConfig]:
+    annotations = ModelConfig.__annotations__
+    fields = [(key, annotations[key], field(default=value)) for key, value in _spec_defaults(name, spec).items()]
+    class_name = "ModelConfig_" + re.sub(r"\W", "_", name)
+    cls = make_dataclass(class_name, fields, bases=(ModelConfig,), namespace={"__module__": __name__})
+    cls.__doc__ = spec.description if name == spec.model_id else f"{spec.description} (alias of {spec.model_id!r})"
+    return cls
+
+
+def _register_all() -> dict[str, type[ModelConfig]]:
+    # Aliases get their own subclass (same values), so a saved config.yaml writes back the spelling the user chose.
+    names = {**{model_id: model_id for model_id in MODEL_REGISTRY}, **MODEL_ALIASES}
+    choices: dict[str, type[ModelConfig]] = {}
+    for name, model_id in names.items():
+        choices[name] = ModelConfig.register_subclass(name, _make_choice(name, MODEL_REGISTRY[model_id]))
+    return choices
+
+
+MODEL_CONFIGS: dict[str, type[ModelConfig]] = _register_all()
+
+
+def get_model_config(model_type: str) -> ModelConfig:
+    """A default-valued config by registered type (any id or alias of the model registry)."""
+    if model_type not in MODEL_CONFIGS:
+        raise ValueError(f"Unknown model type {model_type!r}; registered types are: {', '.join(sorted(MODEL_CONFIGS))}.")
+    return MODEL_CONFIGS[model_type]()

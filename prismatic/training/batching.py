@@ -1,0 +1,107 @@
+"""The loss of a step, and what training does to a collated batch before the model sees it.
+
+The loss of an optimizer step is the sum of the token losses of the whole GLOBAL batch (every micro-batch on every
+rank) divided by its number of label tokens, so gradient accumulation and data parallelism give exactly the update
+of one big batch (a mean of per-micro-batch means would weight short answers more). Token losses are computed here,
+outside the model, from its logits and the labels re-aligned to the spliced sequence, with the causal shift: the
+logit at position i predicts the label at position i + 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from prismatic.models.backbones.vision.base_vision import ImageTransform, PixelValues, collate_pixel_values
+from prismatic.models.vlms.splice import IGNORE_INDEX, PaddingSide, splice_visual_tokens
+
+Batch = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class BatchCounts:
+    """What one rank's micro-batches of a step hold: label tokens (after the shift), LLM tokens, samples."""
+
+    label_tokens: int
+    tokens: int
+    samples: int
+
+    def as_tensor(self, device: torch.device) -> torch.Tensor:
+        return torch.tensor([self.label_tokens, self.tokens, self.samples], dtype=torch.float64, device=device)
+
+
+def count_label_tokens(labels: torch.Tensor) -> int:
+    """Targets that contribute to the loss: labels[:, 1:] (position 0 is never predicted) that are not ignored."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def count_batch(micro_batches: Sequence[Batch], num_visual_tokens: int) -> BatchCounts:
+    label_tokens = sum(count_label_tokens(b["labels"]) for b in micro_batches)
+    tokens = sum(int(b["attention_mask"].sum()) + num_visual_tokens * int(b["has_image"].sum()) for b in micro_batches)
+    samples = sum(int(b["input_ids"].shape[0]) for b in micro_batches)
+    return BatchCounts(label_tokens, tokens, samples)
+
+
+def spliced_labels(
+    labels: torch.Tensor,
+    attention_mask: torch.Tensor,
+    has_image: torch.Tensor,
+    num_visual: int,
+    padding_side: PaddingSide = "right",
+) -> torch.Tensor:
+    """Labels aligned with the model's logits: the model's own splice applied to the labels alone (visual and
+    padding positions get IGNORE_INDEX), so both always agree on where every label lands."""
+    batch, length = labels.shape
+    text = labels.new_zeros((batch, length, 1), dtype=torch.float32)
+    visual = None
+    if num_visual > 0 and bool(has_image.any()):
+        visual = text.new_zeros((int(has_image.sum()), num_visual, 1))
+    aligned = splice_visual_tokens(text, attention_mask, visual, has_image, labels, padding_side).labels
+    if aligned is None:
+        raise RuntimeError("splice_visual_tokens returned no labels although labels were given.")
+    return aligned
+
+
+def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum (not mean) of next-token cross-entropies in fp32: logits[:, :-1] against labels[:, 1:]."""
+    if logits.shape[:2] != labels.shape:
+        raise ValueError(f"Logits {tuple(logits.shape)} and labels {tuple(labels.shape)} are not aligned.")
+    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    shift_labels = labels[:, 1:].reshape(-1).to(shift_logits.device)
+    return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+class ImageRowFiller:
+    """Appends one masked dummy image row to a micro-batch that has no image row.
+
+    Under data parallelism every rank must run the same parameters forward and backward (DDP requires it, and FSDP's
+    reduce-scatters must match across ranks), but a text-only micro-batch skips the vision path. The dummy row has
+    labels IGNORE_INDEX everywhere, so it adds nothing to the loss and exactly zero to every gradient; its first
+    token is attended so no attention row is fully masked. Applied on one process too, so that a text-only step
+    updates the same parameters (with zero gradients) whatever the number of processes.
+    """
+
+    def __init__(self, image_transform: ImageTransform, pad_token_id: int) -> None:
+        self.pixel_values: PixelValues = collate_pixel_values([image_transform(Image.new("RGB", (32, 32)))])
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, batch: Batch) -> dict[str, Any]:
+        out = dict(batch)
+        if bool(batch["has_image"].any()):
+            return out
+        length = batch["input_ids"].shape[1]
+        ids = batch["input_ids"].new_full((1, length), self.pad_token_id)
+        mask = batch["attention_mask"].new_zeros((1, length))
+        position = 0 if batch.get("padding_side", "right") == "right" else length - 1
+        mask[0, position] = 1
+        out["input_ids"] = torch.cat([batch["input_ids"], ids])
+        out["attention_mask"] = torch.cat([batch["attention_mask"], mask])
+        out["labels"] = torch.cat([batch["labels"], batch["labels"].new_full((1, length), IGNORE_INDEX)])
+        out["has_image"] = torch.cat([batch["has_image"], batch["has_image"].new_ones(1)])
+        out["pixel_values"] = {k: v.to(batch["input_ids"].device) for k, v in self.pixel_values.items()}
+        return out

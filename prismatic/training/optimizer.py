@@ -1,0 +1,96 @@
+"""AdamW over the trainable parameters only, in groups, and the learning-rate schedule.
+
+Groups: weight decay applies to matrices only (biases, norm scales and other 1-D parameters get none), and the
+parameters of a trainable U-Net (SPEC 2.7's ablation) get `UNET_LR_SCALE` times the learning rate. Frozen parameters
+never reach the optimizer, so frozen encoders hold no optimizer state.
+
+Schedules (a multiplier of each group's base learning rate, as a function of the optimizer step):
+- `linear-warmup+cosine-decay`: linear warmup over `warmup_ratio` of the steps (the first step already moves), then a
+  cosine decay towards 0 at the last step;
+- `constant`: the base learning rate throughout.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn as nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from prismatic.conf.models import LRSchedulerType
+
+UNET_LR_SCALE = 0.2
+# Submodules of the vision backbone whose parameters get the U-Net learning-rate scale (matched by module name).
+SCALED_LR_MODULES: tuple[str, ...] = ("unet",)
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    name: str
+    weight_decay: float
+    lr_scale: float
+
+
+def scaled_lr_parameter_ids(model: nn.Module) -> set[int]:
+    """Ids of the parameters inside any submodule named in SCALED_LR_MODULES (e.g. `...generative.unet`)."""
+    ids: set[int] = set()
+    for module_name, module in model.named_modules():
+        if module_name.rsplit(".", 1)[-1] in SCALED_LR_MODULES:
+            ids.update(id(p) for p in module.parameters())
+    return ids
+
+
+def build_param_groups(model: nn.Module, learning_rate: float, weight_decay: float) -> list[dict]:
+    """Trainable parameters of `model` in up to four groups (decay or not) x (U-Net lr scale or not)."""
+    scaled = scaled_lr_parameter_ids(model)
+    groups: dict[GroupSpec, list[nn.Parameter]] = {}
+    for param in model.parameters():
+        if not param.requires_grad:
+            continue
+        decays = param.ndim >= 2
+        lr_scale = UNET_LR_SCALE if id(param) in scaled else 1.0
+        spec = GroupSpec(
+            name=("decay" if decays else "no-decay") + ("+unet" if lr_scale != 1.0 else ""),
+            weight_decay=weight_decay if decays else 0.0,
+            lr_scale=lr_scale,
+        )
+        groups.setdefault(spec, []).append(param)
+    if not groups:
+        raise ValueError("No trainable parameters: check the stage (freeze_backbones) before building the optimizer.")
+    return [
+        {"params": params, "lr": learning_rate * spec.lr_scale, "weight_decay": spec.weight_decay, "name": spec.name}
+        for spec, params in sorted(groups.items(), key=lambda item: item[0].name)
+    ]
+
+
+def build_optimizer(model: nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
+    return torch.optim.AdamW(build_param_groups(model, learning_rate, weight_decay))
+
+
+def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
+    return int(total_steps * warmup_ratio)
+
+
+def lr_multiplier(step: int, schedule: LRSchedulerType, total_steps: int, num_warmup_steps: int) -> float:
+    """Multiplier of the base learning rate for the optimizer step `step` (0-based)."""
+    if schedule == "constant":
+        return 1.0
+    if step < num_warmup_steps:
+        return (step + 1) / num_warmup_steps
+    progress = (step - num_warmup_steps) / max(1, total_steps - num_warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: LRSchedulerType, total_steps: int, warmup_ratio: float
+) -> LambdaLR:
+    multiplier = partial(
+        lr_multiplier,
+        schedule=schedule,
+        total_steps=total_steps,
+        num_warmup_steps=warmup_steps(total_steps, warmup_ratio),
+    )
+    return LambdaLR(optimizer, lr_lambda=multiplier)

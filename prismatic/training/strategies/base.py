@@ -1,0 +1,214 @@
+"""The training strategy contract: how a PrismaticVLM is placed, wrapped, and stepped on this job's devices.
+
+A strategy is applied AROUND the model (torchtitan style): the model code knows nothing about sharding or precision.
+The base class holds everything that does not depend on the parallelism: precision setup (bf16 mixed precision with
+fp32 master weights, or `pure_bf16`), activation checkpointing, the optimizer and schedule, the micro-batch loop with
+the loss normalised by the GLOBAL number of label tokens, gradient clipping on the global norm, and skipping a step
+whose gradients are not finite. Subclasses say how to wrap the model (`wrap_model`), how to compute in mixed precision
+(`autocast`) and how to defer gradient synchronisation between micro-batches (`sync_context`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.distributed.tensor import DTensor
+
+from prismatic.conf.models import StageOptimization
+from prismatic.models.backbones.vision.base_vision import ImageTransform
+from prismatic.models.vlms.prismatic import PrismaticVLM
+from prismatic.overwatch import initialize_overwatch
+from prismatic.training.batching import (
+    ImageRowFiller,
+    count_batch,
+    spliced_labels,
+    token_loss_sum,
+)
+from prismatic.training.distributed import DistributedContext
+from prismatic.training.optimizer import build_optimizer, build_scheduler
+
+overwatch = initialize_overwatch(__name__)
+
+HALF_DTYPE = torch.bfloat16
+
+
+@dataclass(frozen=True)
+class Precision:
+    """bf16 compute with fp32 master weights (`mixed`), or everything in bf16 (`pure_bf16`, the released run's
+    choice), or plain fp32 (neither). `reduce_in_full_precision` keeps gradient reductions in fp32."""
+
+    mixed: bool = True
+    pure_bf16: bool = False
+    reduce_in_full_precision: bool = True
+
+    @property
+    def low_precision(self) -> bool:
+        return self.mixed or self.pure_bf16
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: float  # sum of token losses / label tokens, over the global batch
+    grad_norm: float  # before clipping
+    lr: float  # the learning rate this step used (first group; the U-Net group uses a fixed multiple)
+    label_tokens: int
+    tokens: int
+    samples: int
+    skipped: bool  # gradients were not finite, so the optimizer step was skipped
+
+
+class TrainingStrategy(ABC):
+    def __init__(
+        self,
+        vlm: PrismaticVLM,
+        ctx: DistributedContext,
+        optimization: StageOptimization,
+        precision: Precision,
+        enable_gradient_checkpointing: bool,
+        total_steps: int,
+        image_transform: ImageTransform,
+    ) -> None:
+        self.vlm = vlm
+        self.ctx = ctx
+        self.optimization = optimization
+        self.precision = precision
+        self.enable_gradient_checkpointing = enable_gradient_checkpointing
+        self.total_steps = total_steps
+        # Every micro-batch runs the vision path (see ImageRowFiller): ranks must run identical graphs, and a text-only
+        # batch then gives the projector a zero gradient (Adam momentum still moves it) on any number of processes,
+        # instead of no gradient on one process and a zero gradient on several.
+        self.image_row_filler = ImageRowFiller(image_transform, vlm.llm_backbone.pad_token_id)
+        self.num_visual_tokens = vlm.num_visual_tokens
+        self.model: nn.Module = vlm
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+
+    # === Setup ===
+    def setup(self) -> None:
+        """Cast, wrap, and build the optimizer over the (wrapped) trainable parameters."""
+        self._prepare_precision()
+        if self.enable_gradient_checkpointing:
+            self.vlm.llm_backbone.enable_gradient_checkpointing()
+        self.model = self.wrap_model()
+        self.model.train()
+        opt = self.optimization
+        self.optimizer = build_optimizer(self.vlm, opt.learning_rate, opt.weight_decay)
+        self.scheduler = build_scheduler(self.optimizer, opt.lr_scheduler_type, self.total_steps, opt.warmup_ratio)
+        trainable = sum(p.numel() for p in self.vlm.parameters() if p.requires_grad)
+        overwatch.info(
+            f"{type(self).__name__}: {trainable:,} trainable parameters in {len(self.optimizer.param_groups)} "
+            f"group(s); precision {self.precision}; gradient checkpointing {self.enable_gradient_checkpointing}"
+        )
+
+    def _prepare_precision(self) -> None:
+        if self.precision.pure_bf16:
+            self.vlm.to(HALF_DTYPE)
+        elif self.precision.mixed and not any(p.requires_grad for p in self.vlm.vision_backbone.parameters()):
+            # A frozen encoder needs no fp32 master copy: store it in bf16 (half the memory, no per-step cast).
+            self.vlm.vision_backbone.to(HALF_DTYPE)
+
+    @abstractmethod
+    def wrap_model(self) -> nn.Module:
+        """Place the VLM on the device(s) and wrap it for this parallelism; returns the module to call."""
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed-precision context around the forward pass (FSDP casts through its policy instead)."""
+        if self.precision.mixed and not self.precision.pure_bf16:
+            return torch.autocast(self.ctx.device.type, dtype=HALF_DTYPE)
+        return contextlib.nullcontext()
+
+    def sync_context(self, is_last_micro_batch: bool) -> contextlib.AbstractContextManager:
+        """Context around a micro-batch's backward; DDP defers its all-reduce to the last micro-batch."""
+        return contextlib.nullcontext()
+
+    @property
+    def data_parallel_degree(self) -> int:
+        """The factor by which the wrapper averages gradients over ranks (the loss is scaled back up by it)."""
+        return self.ctx.world_size if self.ctx.is_distributed else 1
+
+    # === One optimizer step ===
+    def _prepare_batch(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        batch = self.image_row_filler(batch)
+        device = self.ctx.device
+        input_dtype = HALF_DTYPE if self.precision.pure_bf16 else None
+
+        def move(value: Any) -> Any:
+            if isinstance(value, torch.Tensor):
+                cast = input_dtype if (input_dtype is not None and value.is_floating_point()) else value.dtype
+                return value.to(device=device, dtype=cast, non_blocking=True)
+            if isinstance(value, Mapping):
+                return {k: move(v) for k, v in value.items()}
+            return value
+
+        return {key: move(value) for key, value in batch.items()}
+
+    def _forward_loss_sum(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        padding_side = batch.get("padding_side", "right")
+        with self.autocast():
+            output = self.model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                pixel_values=batch["pixel_values"],
+                labels=None,  # the loss is computed here, as a sum, normalised over the global batch
+                has_image=batch["has_image"],
+                padding_side=padding_side,
+            )
+        logits = output.logits
+        num_visual = logits.shape[1] - batch["input_ids"].shape[1]
+        labels = spliced_labels(batch["labels"], batch["attention_mask"], batch["has_image"], num_visual, padding_side)
+        return token_loss_sum(logits, labels)
+
+    def train_step(self, micro_batches: Sequence[Mapping[str, Any]]) -> StepResult:
+        """Forward/backward every micro-batch of this rank, then one optimizer step for the global batch."""
+        if self.optimizer is None or self.scheduler is None:
+            raise RuntimeError("Call setup() before train_step().")
+        counts = count_batch(micro_batches, self.num_visual_tokens)
+        totals = self.ctx.all_reduce_sum(counts.as_tensor(self.ctx.device)).tolist()
+        global_label_tokens = int(totals[0])
+        if global_label_tokens == 0:
+            raise ValueError("This global batch has no label tokens at all; check the dataset's answers and labels.")
+
+        # Each rank's gradient is sum(token losses) / global tokens; the wrapper averages over ranks, so scale back.
+        scale = self.data_parallel_degree / global_label_tokens
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
+        for index, batch in enumerate(micro_batches):
+            prepared = self._prepare_batch(batch)
+            with self.sync_context(is_last_micro_batch=index == len(micro_batches) - 1):
+                micro_loss = self._forward_loss_sum(prepared)
+                (micro_loss * scale).backward()
+            loss_sum += micro_loss.detach().double()
+        global_loss = float(self.ctx.all_reduce_sum(loss_sum)) / global_label_tokens
+
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        grad_norm = self.clip_grad_norm(self.optimization.max_grad_norm)
+        skipped = not math.isfinite(grad_norm)
+        if skipped:
+            overwatch.warning(f"Non-finite gradient norm ({grad_norm}); skipping this optimizer step.")
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(global_loss, grad_norm, lr, global_label_tokens, int(totals[1]), int(totals[2]), skipped)
+
+    def clip_grad_norm(self, max_norm: float) -> float:
+        """Global L2 norm over all trainable gradients (across shards for FSDP), then clip to `max_norm` (0 = off)."""
+        params = [p for p in self.model.parameters() if p.requires_grad and p.grad is not None]
+        if not params:
+            return 0.0
+        total = torch.nn.utils.get_total_norm([p.grad for p in params], norm_type=2.0)
+        if isinstance(total, DTensor):
+            total = total.full_tensor()  # sharded gradients: reduce the partial norms across ranks
+        if max_norm > 0 and torch.isfinite(total):
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+        return float(total)
+
+    # === Introspection ===
+    def trainable_named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        return ((n, p) for n, p in self.vlm.named_parameters() if p.requires_grad)

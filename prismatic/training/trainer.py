@@ -1,0 +1,120 @@
+"""The training loop: epochs of global batches, gradient accumulation, metrics, checkpoints, early stop.
+
+One optimizer step consumes one global batch of the sampler (`global_batch_size` samples over all ranks); each rank's
+share arrives as `grad_accumulation` micro-batches of `per_device_batch_size`. After each step the sampler is told how
+far training got, which is what a checkpoint records, so a resumed run continues with exactly the next batch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from prismatic.conf.models import StageOptimization
+from prismatic.overwatch import initialize_overwatch
+from prismatic.preprocessing.sampler import DistributedResumableSampler
+from prismatic.training.checkpointing import CheckpointManager
+from prismatic.training.distributed import DistributedContext
+from prismatic.training.metrics import MetricsLogger
+from prismatic.training.strategies.base import TrainingStrategy
+
+overwatch = initialize_overwatch(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    total_steps: int
+    steps_per_epoch: int
+    global_batch_size: int
+    per_device_batch_size: int
+    grad_accumulation: int  # micro-batches per rank per optimizer step
+
+
+def plan_training(optimization: StageOptimization, steps_per_epoch: int, world_size: int) -> TrainingPlan:
+    """Steps and accumulation for a stage. `max_steps`, when set, overrides `epochs` (and may span epochs)."""
+    per_rank, remainder = divmod(optimization.global_batch_size, world_size * optimization.per_device_batch_size)
+    if remainder or per_rank < 1:
+        raise ValueError(
+            f"global_batch_size={optimization.global_batch_size} must be a multiple of per_device_batch_size="
+            f"{optimization.per_device_batch_size} x {world_size} process(es); change one of them."
+        )
+    total = optimization.max_steps if optimization.max_steps is not None else optimization.epochs * steps_per_epoch
+    return TrainingPlan(total, steps_per_epoch, optimization.global_batch_size, optimization.per_device_batch_size,
+                        per_rank)  # fmt: skip
+
+
+class Trainer:
+    def __init__(
+        self,
+        strategy: TrainingStrategy,
+        dataset: Dataset,
+        collator: object,
+        sampler: DistributedResumableSampler,
+        plan: TrainingPlan,
+        checkpoints: CheckpointManager,
+        metrics: MetricsLogger,
+        ctx: DistributedContext,
+        seed: int,
+        save_interval: int | None = None,
+        stop_after_step: int | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        self.strategy, self.dataset, self.collator, self.sampler = strategy, dataset, collator, sampler
+        self.plan, self.checkpoints, self.metrics, self.ctx = plan, checkpoints, metrics, ctx
+        self.seed, self.save_interval, self.stop_after_step = seed, save_interval, stop_after_step
+        self.num_workers = num_workers
+
+    def _loader(self, epoch: int) -> DataLoader:
+        # A private generator: creating the loader draws worker seeds from it, not from the global RNG, so the
+        # global random streams (saved in checkpoints) do not depend on when loaders are created.
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return DataLoader(
+            self.dataset,
+            batch_size=self.plan.per_device_batch_size,
+            sampler=self.sampler,
+            collate_fn=self.collator,  # type: ignore[arg-type]
+            num_workers=self.num_workers,
+            pin_memory=self.ctx.device.type == "cuda",
+            generator=generator,
+            persistent_workers=False,
+        )
+
+    def _save(self, step: int, epoch: int) -> None:
+        self.checkpoints.save(self.strategy, step, epoch, self.sampler.state_dict())
+
+    def run(self, start_step: int = 0) -> tuple[int, bool]:
+        """Train from `start_step` (the sampler already positioned); returns (last step, finished the plan)."""
+        step, saved_at = start_step, start_step
+        plan, sampler = self.plan, self.sampler
+        epoch = sampler.epoch + int(sampler.consumed_samples >= sampler.samples_per_epoch)
+        overwatch.info(
+            f"Training {plan.total_steps} steps ({plan.steps_per_epoch} per epoch) from step {start_step}: global "
+            f"batch {plan.global_batch_size} = {self.ctx.world_size} rank(s) x {plan.grad_accumulation} micro-batch(es) "
+            f"x {plan.per_device_batch_size}"
+        )
+        while step < plan.total_steps:
+            sampler.set_epoch(epoch)
+            steps_left = (sampler.samples_per_epoch - sampler.consumed_samples) // plan.global_batch_size
+            batches = iter(self._loader(epoch))
+            for _ in range(min(steps_left, plan.total_steps - step)):
+                started = time.perf_counter()
+                micro_batches = [next(batches) for _ in range(plan.grad_accumulation)]
+                result = self.strategy.train_step(micro_batches)
+                sampler.advance(plan.global_batch_size)
+                step += 1
+                self.metrics.log_step(step, epoch, result, time.perf_counter() - started)
+                if self.save_interval and step % self.save_interval == 0:
+                    self._save(step, epoch)
+                    saved_at = step
+                if self.stop_after_step is not None and step >= self.stop_after_step and step < plan.total_steps:
+                    if saved_at != step:
+                        self._save(step, epoch)
+                    overwatch.info(f"Stopping after step {step} as asked (stop_after_step); resume with --resume auto")
+                    return step, False
+            epoch += 1
+        if saved_at != step:
+            self._save(step, epoch - 1)
+        return step, True

@@ -1,0 +1,354 @@
+"""Training end to end on CPU: the SPEC 3 command under torchrun, FSDP2 = single process, exact resume, gradient
+accumulation, DDP and hybrid sharding, pure bf16, and a loss that goes down. Tiny models (`dyva_siglip+tiny` with 2 SVD
+frame slots, `prism_siglip+tiny` for in-process checks) on a generated LLaVA-format dataset with image and text-only
+rows; runs go through `scripts/pretrain.py` as a user would launch them (plain python, torchrun, two torchrun "nodes").
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+PRETRAIN = REPO / "scripts" / "pretrain.py"
+TORCHRUN = Path(sys.executable).parent / "torchrun"
+SECRET = "hf_NOT_A_REAL_TOKEN_1234567890"
+
+# SPEC section 3, verbatim except `--nproc-per-node 2` and `--standalone` (a free rendezvous port).
+SPEC_COMMAND = """torchrun --nnodes 1 --nproc-per-node 2 --standalone scripts/pretrain.py --model.type "dyva_siglip" \
+  --model.model_id "dyva_siglip" --model.arch_specifier "no-align+dual" \
+  --model.llm_backbone_id "llama2-7b-pure" --model.llm_max_length 2048 \
+  --model.image_resize_strategy "resize-naive" --model.enable_mixed_precision_training True \
+  --model.finetune_per_device_batch_size 1 --num_frames 8 --model.finetune_learning_rate 1e-5 \
+  --hf_token HF_TOKEN --run_id "example" --run_root_dir "runs" --dataset.type "llava_svd" \
+  --wandb_project P --wandb_entity E --stage "finetune\""""
+
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 230, 20)}
+
+
+def write_llava_dataset(
+    root: Path, num_images: int = 12, num_text: int = 4, json_name: str = "finetune.json", image_prefix: str = ""
+) -> Path:
+    """LLaVA-format finetune data: colour questions on solid images (answers of varied length) + text-only rows.
+    Images go to `root/images/`; the JSON names them `image_prefix + "<i>.png"`."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(num_images):
+        name = list(COLORS)[i % len(COLORS)]
+        Image.new("RGB", (32, 32), COLORS[name]).save(root / "images" / f"{i}.png")
+        answer = f"The image is {name}." + " It is a plain square." * (i % 3)
+        turns = [{"from": "human", "value": "<image>\nWhat color is the image?"}, {"from": "gpt", "value": answer}]
+        records.append({"id": f"img-{i}", "image": f"{image_prefix}{i}.png", "conversations": turns})
+    for i in range(num_text):
+        turns = [{"from": "human", "value": f"What is {i} plus {i}?"}, {"from": "gpt", "value": f"{i} + {i} = {2 * i}."}]
+        records.append({"id": f"text-{i}", "conversations": turns})
+    (root / json_name).write_text(json.dumps(records))
+    return root
+
+
+def data_args(data_root: Path) -> list[str]:
+    components = "[finetune.json, images]"
+    return ["--dataset.type", "llava-custom", "--dataset.dataset_root_dir", str(data_root),
+            "--dataset.finetune_stage_components", components]  # fmt: skip
+
+
+def small_run_args(data_root: Path, run_root: Path, run_id: str, steps: int, *extra: str) -> list[str]:
+    """A tiny fp32 DyVA run (2 SVD frame slots): global batch 4 (16 samples = 4 steps per epoch), checkpoints every 3
+    steps."""
+    flags = (
+        f"--model.type dyva_siglip+tiny --num_frames 2 --run_id {run_id} --model.finetune_max_steps {steps} "
+        "--model.finetune_global_batch_size 4 --model.finetune_per_device_batch_size 2 --num_workers 0 "
+        "--save_interval 3"
+    )
+    return [*shlex.split(flags), *data_args(data_root), "--run_root_dir", str(run_root), *extra]
+
+
+def run_pretrain(args: list[str], nproc: int | None = None, env: dict[str, str] | None = None, timeout: int = 300):
+    """Launch scripts/pretrain.py as a user would: plain python, or torchrun with `nproc` processes."""
+    if nproc is None:
+        command = [sys.executable, str(PRETRAIN), *args]
+    else:
+        command = [str(TORCHRUN), "--standalone", "--nnodes", "1", "--nproc-per-node", str(nproc), str(PRETRAIN), *args]
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **(env or {})}
+    result = subprocess.run(command, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(f"{shlex.join(command)} failed ({result.returncode}):\n{result.stderr[-6000:]}")
+    return result
+
+
+def run_pretrain_two_nodes(args: list[str], timeout: int = 300) -> None:
+    """Two torchrun agents of one process each, meeting at a c10d rendezvous: a 2-node job on one machine."""
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    launcher = f"--nnodes 2 --nproc-per-node 1 --rdzv-backend c10d --rdzv-endpoint localhost:{port} --rdzv-id n{port}"
+    command = [str(TORCHRUN), *shlex.split(launcher), str(PRETRAIN), *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]  # fmt: skip
+    errors = [node.communicate(timeout=timeout)[1] for node in nodes]
+    for node, error in zip(nodes, errors):
+        if node.returncode != 0:
+            raise AssertionError(f"{shlex.join(command)} failed ({node.returncode}):\n{error[-6000:]}")
+
+
+def metric(run_dir: Path, key: str = "loss") -> list[float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == list(range(1, len(rows) + 1))
+    return [row[key] for row in rows]
+
+
+def losses(run_dir: Path) -> list[float]:
+    return metric(run_dir, "loss")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_llava_dataset(tmp_path_factory.mktemp("llava"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("runs")
+
+
+# === 1. The SPEC command under torchrun, tiny backbones swapped in ===
+@pytest.mark.slow
+def test_spec_command_trains_under_torchrun_and_writes_a_complete_run_dir(tmp_path: Path) -> None:
+    # `--dataset.type llava_svd` reads <root>/LLaVA-FT/llava_v1_5_mix665k.json with images under <root>/LLaVA-FT/.
+    write_llava_dataset(tmp_path / "data" / "LLaVA-FT", json_name="llava_v1_5_mix665k.json", image_prefix="images/")
+    argv = shlex.split(SPEC_COMMAND)
+    args = argv[argv.index("scripts/pretrain.py") + 1 :]
+    args[args.index("llama2-7b-pure")] = "tiny-llama2"
+    args[args.index("runs")] = str(tmp_path / "runs")
+    # Small: 4 samples per step (2 ranks x 2 micro-batches of 1), 3 steps.
+    args += shlex.split("--model.vision_backbone_id tiny-siglip+svd --model.finetune_global_batch_size 4 "
+                        "--model.finetune_max_steps 3 --num_workers 0")  # fmt: skip
+    args += ["--dataset.dataset_root_dir", str(tmp_path / "data")]
+    run_pretrain(args, nproc=2, env={"HF_TOKEN": SECRET})
+
+    run_dir = tmp_path / "runs" / "example"
+    for name in (
+        "config.yaml",
+        "config.json",
+        "metrics.jsonl",
+        "model.safetensors",
+        "loss.png",
+        "checkpoints/step-000003/.metadata",
+        "checkpoints/step-000003/trainer_state.json",
+        "checkpoints/step-000003/rng/rank-00000.json",
+        "checkpoints/step-000003/rng/rank-00001.json",
+    ):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "wandb").is_dir()  # --wandb_project asks for wandb (offline here)
+
+    config = json.loads((run_dir / "config.json").read_text())
+    model = config["model"]
+    assert (model["type"], model["model_id"], model["arch_specifier"]) == ("dyva_siglip", "dyva_siglip", "no-align+dual")
+    assert (model["llm_backbone_id"], model["vision_backbone_id"]) == ("tiny-llama2", "tiny-siglip+svd")
+    assert model["finetune_learning_rate"] == 1e-5 and model["finetune_per_device_batch_size"] == 1
+    assert model["enable_mixed_precision_training"] is True and model["svd_num_frames"] == config["num_frames"] == 8
+    assert config["stage"] == "finetune" and config["dataset"]["type"] == "llava_svd"
+    assert (config["wandb_project"], config["wandb_entity"]) == ("P", "E") and config["hf_token"] == "HF_TOKEN"
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(k in rows[0] for k in ("epoch", "loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "time"))
+    assert rows[0]["lr"] == pytest.approx(1e-5) and all(math.isfinite(r["loss"]) for r in rows)
+    weights = load_file(run_dir / "model.safetensors")
+    assert any(k.startswith("projector.") for k in weights) and any(k.startswith("llm_backbone.") for k in weights)
+    assert not any(k.startswith("vision_backbone.") for k in weights)  # frozen encoders are not exported
+
+    # The token itself is never written anywhere in the run directory (wandb's offline files included).
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+# === 2 + 3. FSDP2 (2 processes) = single process; resume is exact ===
+@pytest.fixture(scope="module")
+def single_full(data_root: Path, runs: Path) -> Path:
+    run_pretrain(small_run_args(data_root, runs, "single-full", 6))
+    return runs / "single-full"
+
+
+@pytest.fixture(scope="module")
+def fsdp_full(data_root: Path, runs: Path) -> Path:
+    run_pretrain(small_run_args(data_root, runs, "fsdp-full", 6, "--model.finetune_per_device_batch_size", "1"), 2)
+    return runs / "fsdp-full"
+
+
+@pytest.mark.slow
+def test_fsdp2_two_processes_match_single_process(single_full: Path, fsdp_full: Path) -> None:
+    single, fsdp = losses(single_full), losses(fsdp_full)
+    assert len(single) == len(fsdp) == 6
+    assert max(abs(a - b) for a, b in zip(single, fsdp)) < 1e-5, (single, fsdp)
+    # The clipped global gradient norm is computed across shards, so it is the single-process norm too.
+    norms = zip(metric(single_full, "grad_norm"), metric(fsdp_full, "grad_norm"))
+    assert all(abs(a - b) < 1e-4 * max(1.0, a) for a, b in norms)
+    # The run mixes text-only and image global batches (modality-grouped), so text-only micro-batches ran too.
+    assert json.loads((fsdp_full / "config.json").read_text())["model"]["finetune_train_strategy"] == "fsdp-full-shard"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp-hybrid-shard"])
+def test_ddp_and_hybrid_shard_match_single_process(data_root: Path, runs: Path, single_full: Path, strategy) -> None:
+    args = small_run_args(data_root, runs, strategy, 6, "--model.finetune_train_strategy", strategy)
+    if strategy == "ddp":
+        run_pretrain(args, nproc=2)
+    else:  # two "nodes" of one process: parameters replicated across nodes, sharded within each
+        run_pretrain_two_nodes(args)
+    single, other = losses(single_full), losses(runs / strategy)
+    assert max(abs(a - b) for a, b in zip(single, other)) < 1e-5, (single, other)
+
+
+@pytest.mark.slow
+def test_resume_single_process_is_bit_exact(data_root: Path, runs: Path, single_full: Path) -> None:
+    args = small_run_args(data_root, runs, "single-resumed", 6, "--save_interval", "2", "--keep_last", "2")
+    run_pretrain([*args, "--stop_after_step", "3"])  # stops mid-epoch, after a checkpoint at step 3
+    run_dir = runs / "single-resumed"
+    assert len(losses(run_dir)) == 3 and not (run_dir / "model.safetensors").exists()
+    run_pretrain([*args, "--resume", "auto"])
+    assert losses(run_dir) == losses(single_full)  # bit for bit
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-000004", "step-000006"]  # keep_last
+    full, resumed = load_file(single_full / "model.safetensors"), load_file(run_dir / "model.safetensors")
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+@pytest.mark.slow
+def test_resume_fsdp2_two_processes(data_root: Path, runs: Path, fsdp_full: Path) -> None:
+    args = small_run_args(data_root, runs, "fsdp-resumed", 6, "--model.finetune_per_device_batch_size", "1")
+    run_pretrain([*args, "--stop_after_step", "3"], nproc=2)
+    run_pretrain([*args, "--resume", "auto"], nproc=2)
+    full, resumed = losses(fsdp_full), losses(runs / "fsdp-resumed")
+    assert len(resumed) == 6 and max(abs(a - b) for a, b in zip(full, resumed)) < 1e-6, (full, resumed)
+
+
+@pytest.mark.slow
+def test_resume_auto_ignores_partial_checkpoints(data_root: Path, runs: Path, single_full: Path, tmp_path: Path) -> None:
+    from prismatic.training.checkpointing import CheckpointManager
+    from prismatic.training.distributed import DistributedContext
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(single_full, run_dir)
+    newest = run_dir / "checkpoints" / "step-000006"
+    shutil.copytree(newest, run_dir / "checkpoints" / ".tmp-step-000009")  # a crash before the rename
+    shutil.copytree(newest, run_dir / "checkpoints" / "step-000008")
+    (run_dir / "checkpoints" / "step-000008" / "trainer_state.json").unlink()  # a crash mid-write
+    manager = CheckpointManager(run_dir, DistributedContext(0, 1, 0, 1, torch.device("cpu")))
+    assert manager.resolve_resume("auto") == newest
+    assert manager.resolve_resume(str(run_dir)) == newest
+    with pytest.raises(ValueError, match="not a complete checkpoint"):
+        manager.resolve_resume(str(run_dir / "checkpoints" / "step-000008"))
+
+
+# === 4 + 6. In-process: gradient accumulation, and the loss goes down ===
+def _load_pretrain_module():
+    spec = importlib.util.spec_from_file_location("pretrain_script", PRETRAIN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tiny_strategy(data_root: Path, global_batch: int, per_device: int, precision=None):
+    from prismatic.conf.datasets import get_dataset_config
+    from prismatic.conf.models import get_model_config
+    from prismatic.models.materialize import build_vlm
+    from prismatic.preprocessing.materialize import get_dataset_and_collator
+    from prismatic.training.distributed import DistributedContext
+    from prismatic.training.strategies import Precision, SingleDeviceStrategy
+
+    torch.manual_seed(0)
+    vlm = build_vlm("prism_siglip+tiny")
+    vlm.freeze_backbones("finetune")
+    dataset_cfg = get_dataset_config("llava-custom")
+    dataset_cfg.dataset_root_dir, dataset_cfg.finetune_stage_components = (
+        data_root,
+        (Path("finetune.json"), Path("images")),
+    )
+    transform = vlm.vision_backbone.get_image_transform()
+    dataset, collator = get_dataset_and_collator(
+        "finetune", dataset_cfg, transform, vlm.llm_backbone, vlm.num_visual_tokens
+    )
+    model_cfg = get_model_config("prism_siglip+tiny")
+    model_cfg.finetune_global_batch_size, model_cfg.finetune_per_device_batch_size = global_batch, per_device
+    ctx = DistributedContext(0, 1, 0, 1, torch.device("cpu"))
+    precision = precision or Precision(mixed=False)
+    strategy = SingleDeviceStrategy(vlm, ctx, model_cfg.optimization("finetune"), precision, False, 10, transform)
+    strategy.setup()
+    return strategy, dataset, collator
+
+
+def test_gradient_accumulation_matches_one_big_batch(data_root: Path) -> None:
+    indices = [0, 1, 2, 13]  # answers of 1 to 3 sentences and a text-only row: unequal label counts
+    updates, grads, results = [], [], []
+    for micro in (4, 1):
+        strategy, dataset, collator = _tiny_strategy(data_root, 4, micro)
+        # Adam's first step is about lr * sign(g): float noise on a near-zero gradient would flip it by 2 lr. A large
+        # eps makes the update a smooth function of the gradient, so the comparison sees the accumulation itself.
+        for group in strategy.optimizer.param_groups:
+            group["eps"] = 1e-2
+        batches = [collator([dataset[i] for i in indices[j : j + micro]]) for j in range(0, 4, micro)]
+        before = {n: p.detach().clone() for n, p in strategy.trainable_named_parameters()}
+        captured: dict[str, torch.Tensor] = {}
+
+        def capture(optimizer, args, kwargs, _captured=captured, _strategy=strategy) -> None:
+            _captured.update({n: p.grad.clone() for n, p in _strategy.trainable_named_parameters()})
+
+        strategy.optimizer.register_step_pre_hook(capture)
+        results.append(strategy.train_step(batches))
+        grads.append(captured)
+        updates.append({n: p.detach() - before[n] for n, p in strategy.trainable_named_parameters()})
+
+    assert results[0].label_tokens == results[1].label_tokens
+    assert abs(results[0].loss - results[1].loss) < 1e-6
+    assert abs(results[0].grad_norm - results[1].grad_norm) < 1e-6
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6, rtol=0), name
+        assert torch.allclose(updates[0][name], updates[1][name], atol=1e-6, rtol=0), name
+
+    # A mean of per-micro-batch means would weight rows differently: the test above can tell the two apart.
+    from prismatic.training.batching import count_label_tokens
+
+    counts = [count_label_tokens(collator([dataset[i]])["labels"]) for i in indices]
+    assert len(set(counts)) > 1
+
+
+def test_pure_bf16_keeps_weights_and_optimizer_state_in_bf16(data_root: Path) -> None:
+    from prismatic.training.strategies import Precision
+
+    strategy, dataset, collator = _tiny_strategy(data_root, 2, 2, Precision(mixed=True, pure_bf16=True))
+    result = strategy.train_step([collator([dataset[0], dataset[13]])])
+    assert math.isfinite(result.loss) and not result.skipped
+    assert all(p.dtype == torch.bfloat16 for p in strategy.vlm.parameters())
+    states = [s for s in strategy.optimizer.state.values() if "exp_avg" in s]
+    assert states and all(s["exp_avg"].dtype == s["exp_avg_sq"].dtype == torch.bfloat16 for s in states)
+
+
+@pytest.mark.slow
+def test_loss_goes_down_on_a_fixed_small_dataset(data_root: Path, tmp_path: Path) -> None:
+    import draccus
+
+    pretrain = _load_pretrain_module()
+    args = small_run_args(
+        data_root, tmp_path, "learn", 40, "--save_interval", "100", "--model.finetune_learning_rate", "3e-3"
+    )
+    run_dir = pretrain.pretrain(draccus.parse(pretrain.PretrainConfig, args=args))
+    curve = losses(run_dir)
+    assert len(curve) == 40
+    first, last = sum(curve[:4]) / 4, sum(curve[-4:]) / 4
+    assert last < first - 3.0, curve  # from ~10.4 (uniform over 32k tokens) to well below
+    assert (run_dir / "loss.png").stat().st_size > 1000
