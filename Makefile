@@ -1,11 +1,13 @@
 # Set-up-and-run commands for a newcomer on a fresh machine; each creates and fills its own virtualenv.
 #   make test   -> lint + the whole test suite on CPU
+#   make bench  -> the benchmark suite against HF/released peers (~15 min on 2 CPU cores; results and goals in
+#                  benchmarks/results/, see benchmarks/README.md); BENCH_FLAGS="--smoke" for a seconds-long check
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint venv clean
+.PHONY: test lint venv clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +25,9 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q -x --durations=15 tests
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m benchmarks.run_all $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -17,6 +17,9 @@ The paper's DyVA-7B run (SPEC 3; `train.sh` wraps it):
 A YAML file works too (`--config_path configs/dyva-7b.yaml`), with CLI flags overriding it. Plain
 `python scripts/pretrain.py ...` runs on one process. The run directory `<run_root_dir>/<run_id>/` receives
 config.yaml, config.json, metrics.jsonl, checkpoints/, model.safetensors (the trainable weights) and loss.png.
+
+`--feature_cache_dir DIR` reads the frozen encoders' outputs from a cache built by `scripts/cache_features.py` with the
+same model and dataset flags; samples it lacks are encoded live, and the losses are the same as without it.
 """
 
 import os
@@ -30,8 +33,9 @@ from prismatic.conf.models import DEFAULT_MODEL_TYPE, ModelConfig, OptimStage, g
 from prismatic.models.backbones.vision.registry import VISION_BACKBONES, resolve_vision_backbone_id
 from prismatic.models.materialize import get_llm_backbone_and_tokenizer, get_vision_backbone_and_transform, get_vlm
 from prismatic.models.projectors import ArchSpecifier
-from prismatic.models.vlms.prismatic import Stage
+from prismatic.models.vlms.prismatic import STAGE_ENCODER_MODULES, Stage
 from prismatic.overwatch import initialize_overwatch
+from prismatic.preprocessing.feature_cache import FeatureCache
 from prismatic.preprocessing.materialize import get_dataset_and_collator
 from prismatic.preprocessing.records import BadSamplePolicy
 from prismatic.preprocessing.sampler import DistributedResumableSampler
@@ -51,6 +55,7 @@ from prismatic.training.run_setup import (
     save_run_config,
 )
 from prismatic.training.strategies import Precision, get_train_strategy
+from prismatic.training.throughput import ThroughputMeter
 from prismatic.training.trainer import Trainer, plan_training
 
 overwatch = initialize_overwatch(__name__)
@@ -91,6 +96,11 @@ class PretrainConfig:
     on_bad_sample: BadSamplePolicy = "error"        # error: stop before training, naming the files; skip: drop + log
     truncate_long_samples: bool = False             # cut over-long samples to llm_max_length instead of rejecting
     num_workers: int = 2                            # data loader workers per rank
+    feature_cache_dir: Path | None = None           # frozen-encoder outputs from scripts/cache_features.py; misses: live
+
+    # Throughput: MFU = model FLOPs / step time / this peak (FLOP/s per device); default: the accelerator table
+    # (A100/A800/H100/H200/L40S/4090, dense bf16); on CPU or an unknown GPU MFU is not logged unless this is given
+    peak_flops: float | None = None
     # fmt: on
 
     @property
@@ -127,7 +137,11 @@ class PretrainConfig:
                 raise ValueError(f"--{name} must be a positive integer (or null), got {value}.")
         if self.keep_last < 1 or self.num_workers < 0:
             raise ValueError("--keep_last must be >= 1 and --num_workers >= 0.")
+        if self.peak_flops is not None and self.peak_flops <= 0:
+            raise ValueError(f"--peak_flops is the device's peak FLOP/s (e.g. 989e12), got {self.peak_flops}.")
         self._validate_stage()
+        if self.feature_cache_dir is not None:
+            self._validate_feature_cache()
         opt = self.model.optimization(self.optim_stage)
         if opt.train_strategy == "single" and world_size > 1:
             raise ValueError(f"--model.{self.optim_stage}_train_strategy single cannot run on {world_size} processes.")
@@ -142,6 +156,18 @@ class PretrainConfig:
             raise FileNotFoundError(
                 f"Dataset file {json_file} not found (--dataset.type {self.dataset.dataset_id}, --dataset."
                 "dataset_root_dir); lay the data out with `python scripts/preprocess.py` or point the paths at it."
+            )
+
+    def _validate_feature_cache(self) -> None:
+        if self.trainable_stage in ("full-finetune", *STAGE_ENCODER_MODULES):
+            raise ValueError(
+                f"--feature_cache_dir serves frozen encoders, but stage {self.trainable_stage!r} trains the vision "
+                "backbone (its features change every step); drop --feature_cache_dir for this stage."
+            )
+        if not Path(self.feature_cache_dir).is_dir():  # type: ignore[arg-type]
+            raise FileNotFoundError(
+                f"--feature_cache_dir {self.feature_cache_dir} does not exist; build it first with "
+                "scripts/cache_features.py and this run's model/dataset flags, or drop the flag."
             )
 
     def _validate_stage(self) -> None:
@@ -201,7 +227,9 @@ def pretrain(cfg: PretrainConfig) -> Path:
         pretrained_path=model_cfg.llm_pretrained_path,
     )
     vlm = get_vlm(model_cfg.model_id, model_cfg.arch_specifier, vision_backbone, llm_backbone,
-                  enable_mixed_precision_training=model_cfg.enable_mixed_precision_training)  # fmt: skip
+                  enable_mixed_precision_training=model_cfg.enable_mixed_precision_training,
+                  projector_feature_norm=model_cfg.projector_feature_norm)  # fmt: skip
+    vlm.encoder_batching = model_cfg.encoder_batching
     if cfg.pretrained_checkpoint is not None and cfg.stage != "align":
         load_pretrained_projector(vlm, Path(cfg.pretrained_checkpoint))
     vlm.freeze_backbones(cfg.trainable_stage)
@@ -241,6 +269,11 @@ def pretrain(cfg: PretrainConfig) -> Path:
         image_transform,
     )
     strategy.setup()
+    feature_cache = None
+    if cfg.feature_cache_dir is not None:  # opened after setup: its key covers the dtype the strategy gave the encoder
+        feature_cache = FeatureCache.open(cfg.feature_cache_dir, vlm.vision_backbone)
+        dataset.feature_cache = feature_cache
+        strategy.image_row_filler.attach_features(feature_cache.attach)
     checkpoints = CheckpointManager(run_dir, ctx, keep_last=cfg.keep_last)
     start_step = 0
     resume_from = checkpoints.resolve_resume(cfg.resume)
@@ -251,13 +284,16 @@ def pretrain(cfg: PretrainConfig) -> Path:
 
     # === Train ===
     metrics.begin(plan.total_steps, start_step)
+    throughput = ThroughputMeter(vlm, ctx.device, peak_flops=cfg.peak_flops)
     trainer = Trainer(strategy, dataset, collator, sampler, plan, checkpoints, metrics, ctx, cfg.seed,
-                      cfg.save_interval, cfg.stop_after_step, cfg.num_workers)  # fmt: skip
+                      cfg.save_interval, cfg.stop_after_step, cfg.num_workers, throughput)  # fmt: skip
     step, finished = trainer.run(start_step)
     if finished:
         metadata = {"model_id": model_cfg.model_id, "stage": cfg.stage, "step": str(step), "format": "pt"}
         export_weights(strategy, run_dir / EXPORTED_WEIGHTS_FILE, ctx, metadata)
     metrics.close()
+    if feature_cache is not None:
+        overwatch.info(f"Feature cache lookups in this process (loader workers count theirs): {feature_cache.summary()}")
     overwatch.info(f"Done: {step} steps; run directory {run_dir}")
     shutdown_distributed()
     return run_dir

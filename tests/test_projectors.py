@@ -77,3 +77,48 @@ def test_projector_stream_count_mismatch_says_what_to_use():
         build_projector(ArchSpecifier.parse("no-align+dual"), (VIT,), 8)
     with pytest.raises(ValueError, match="use 'dual' or 'dual-independent'"):
         build_projector(ArchSpecifier.parse("no-align+fused-gelu-mlp"), (VIT, SVD), 8)
+
+
+def test_feature_norm_adds_one_layernorm_per_stream_and_nothing_when_off():
+    off = build_projector(ArchSpecifier.parse("no-align+dual"), (VIT, SVD), 8)
+    on = build_projector(ArchSpecifier.parse("no-align+dual"), (VIT, SVD), 8, feature_norm=True)
+    norm_keys = {"projector_norm.weight", "projector_norm.bias", "svd_projector_norm.weight", "svd_projector_norm.bias"}
+    assert set(on.state_dict()) == set(off.state_dict()) | norm_keys  # released key names untouched either way
+    assert not any("norm" in k for k in off.state_dict())
+    feats = {"vit": torch.randn(2, 5, 12), "svd": torch.randn(2, 7, 16)}
+    ln = torch.nn.functional.layer_norm
+    normed = {"vit": ln(feats["vit"], (12,)), "svd": ln(feats["svd"], (16,))}
+    on.load_state_dict(off.state_dict(), strict=False)  # same MLP weights; fresh norms are the plain standardisation
+    torch.testing.assert_close(on(feats), off(normed))
+    # The point of it: a stream's scale no longer matters (as long as its variance is well above LayerNorm's eps).
+    scaled = {"vit": 1e3 * feats["vit"], "svd": 0.1 * feats["svd"]}
+    torch.testing.assert_close(on(scaled), on(feats), atol=1e-3, rtol=1e-3)
+
+
+def test_feature_norm_in_single_stream_and_independent_projectors():
+    for kind in ("linear", "fused-gelu-mlp"):
+        proj = build_projector(ArchSpecifier.parse(f"no-align+{kind}"), (VIT,), 8, feature_norm=True)
+        assert {"norm.weight", "norm.bias"} <= set(proj.state_dict())
+        x = torch.randn(3, 5, 12)
+        torch.testing.assert_close(proj({"vit": 50 * x}), proj({"vit": x}), atol=1e-4, rtol=1e-4)
+    ind = build_projector(ArchSpecifier.parse("no-align+dual-independent"), (VIT, SVD), 8, feature_norm=True)
+    assert {"norms.vit.weight", "norms.svd.weight"} <= set(ind.state_dict())
+    plain = build_projector(ArchSpecifier.parse("no-align+dual-independent"), (VIT, SVD), 8)
+    assert not any(k.startswith("norms.") for k in plain.state_dict())
+
+
+def test_feature_norm_flag_reaches_the_model_from_its_config():
+    """`--model.projector_feature_norm` is what pretrain.py and load() build from (old configs lack it: off)."""
+    import draccus
+
+    from prismatic.conf.models import ModelConfig, get_model_config
+    from prismatic.models.load import _build
+
+    cfg = get_model_config("prism_siglip+tiny")
+    assert cfg.projector_feature_norm is False
+    cfg.projector_feature_norm = True
+    vlm = _build(cfg, None, None, load_llm_weights=False)
+    assert vlm.projector_feature_norm and "projector.norm.weight" in vlm.state_dict()
+    encoded = draccus.encode(cfg)
+    del encoded["projector_feature_norm"]  # a config.json written before the option existed
+    assert draccus.decode(ModelConfig, encoded).projector_feature_norm is False

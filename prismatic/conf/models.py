@@ -35,6 +35,7 @@ from prismatic.models.backbones.vision.svd_config import (
 from prismatic.models.projectors import ArchSpecifier
 from prismatic.models.registry import MODEL_ALIASES, MODEL_REGISTRY, ModelSpec
 from prismatic.models.vlms.prismatic import STAGES, Stage
+from prismatic.models.vlms.visual_features import ENCODER_BATCHINGS, EncoderBatching
 
 TrainStrategy = Literal["fsdp-full-shard", "fsdp-shard-grad-op", "fsdp-hybrid-shard", "ddp", "single"]
 TRAIN_STRATEGIES: tuple[str, ...] = get_args(TrainStrategy)
@@ -68,6 +69,8 @@ class ModelConfig(ChoiceRegistry):
     # === Identity (defaults come from the model registry entry of the chosen `type`) ===
     model_id: str = "dyva_siglip+7b"  # name recorded with the model; registry ids and aliases resolve in `load()`
     arch_specifier: str = "no-align+dual"  # "<align|no-align>+<projector>", e.g. "no-align+dual"
+    # A LayerNorm on each visual stream before its projector MLP; off for the released models (their keys lack it).
+    projector_feature_norm: bool = False
     vision_backbone_id: str = "siglip+svd"
     llm_backbone_id: str = "llama2-7b-pure"
     image_resize_strategy: str = "resize-naive"
@@ -117,6 +120,9 @@ class ModelConfig(ChoiceRegistry):
     enable_mixed_precision_training: bool = True  # bf16 compute, fp32 master weights
     reduce_in_full_precision: bool = True  # fp32 gradient reductions
     pure_bf16: bool = False  # weights and optimizer state in bf16, as the released run (most small updates vanish)
+    # Frozen encoders: "per-sample" (features independent of the batch, so the feature cache is exact) or "batched"
+    # (one encoder call per micro-batch; may be faster on GPU, equal to cached features up to float rounding only).
+    encoder_batching: EncoderBatching = "per-sample"
 
     @classmethod
     def default_choice_name(cls) -> str | None:
@@ -153,6 +159,7 @@ class ModelConfig(ChoiceRegistry):
         _check_choice("finetune_stage", self.finetune_stage, list(STAGES))
         _check_choice("svd_mode", self.svd_mode, list(get_args(SVDMode)))
         _check_choice("svd_tap", self.svd_tap, list(get_args(FeatureTap)))
+        _check_choice("encoder_batching", self.encoder_batching, list(ENCODER_BATCHINGS))
         if self.svd_placement is not None:
             _check_choice("svd_placement", self.svd_placement, list(get_args(KeyframePlacement)))
         try:

@@ -156,7 +156,8 @@ def _build(model_cfg: ModelConfig, num_frames: int | None, hf_token: str | None,
         inference_mode=not load_llm_weights,
         pretrained_path=model_cfg.llm_pretrained_path,
     )
-    return get_vlm(model_cfg.model_id, model_cfg.arch_specifier, vision_backbone, llm_backbone)
+    return get_vlm(model_cfg.model_id, model_cfg.arch_specifier, vision_backbone, llm_backbone,
+                   projector_feature_norm=model_cfg.projector_feature_norm)  # fmt: skip
 
 
 def _load_state(vlm: PrismaticVLM, state: dict[str, torch.Tensor], source: Path) -> None:

@@ -70,10 +70,13 @@ def get_vlm(
     vision_backbone: VisionBackbone,
     llm_backbone,
     enable_mixed_precision_training: bool = True,
+    projector_feature_norm: bool = False,
 ) -> PrismaticVLM:
-    """Assemble a VLM (the projector is created here, sized to the backbones). Precision is applied by the strategy;
-    the flag is kept for prismatic-vlms compatibility and recorded on the model."""
-    vlm = PrismaticVLM(model_id, vision_backbone, llm_backbone, ArchSpecifier.parse(arch_specifier))
+    """Assemble a VLM (the projector is created here, sized to the backbones; `projector_feature_norm` adds a LayerNorm
+    per visual stream before its MLP). Precision is applied by the strategy; the flag is kept for prismatic-vlms
+    compatibility and recorded on the model."""
+    vlm = PrismaticVLM(model_id, vision_backbone, llm_backbone, ArchSpecifier.parse(arch_specifier),
+                       projector_feature_norm=projector_feature_norm)  # fmt: skip
     vlm.enable_mixed_precision_training = enable_mixed_precision_training
     return vlm
 

@@ -10,6 +10,9 @@ An item is `{"input_ids": LongTensor[L], "labels": LongTensor[L], "pixel_values"
 Bad samples found at load time (a file deleted or corrupted after the preflight) follow `on_bad_sample`: `error`
 raises a `DatasetError` naming the file and the problem; `skip` substitutes the next good sample (deterministic, so a
 resumed run sees the same data) and counts it in `substitutions`, logging each one.
+
+With `feature_cache` set (a `FeatureCache`, by `scripts/pretrain.py --feature_cache_dir`), image items also carry the
+cached encoder outputs of their pixels under `features:<stream>`; the pixels stay, for streams that miss.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from torch.utils.data import Dataset
 from prismatic.models.backbones.llm.base_llm import LLMBackbone
 from prismatic.models.backbones.vision.base_vision import ImageTransform, PixelValues
 from prismatic.overwatch import initialize_overwatch
+from prismatic.preprocessing.feature_cache import FeatureCache
 from prismatic.preprocessing.preflight import PreflightReport
 from prismatic.preprocessing.records import (
     BadSamplePolicy,
@@ -60,6 +64,7 @@ class LLaVADataset(Dataset[DatasetItem]):
     """
 
     record_kind: RecordKind = "conversation"
+    feature_cache: FeatureCache | None = None  # cached frozen-encoder features to attach to image items
 
     def __init__(
         self,
@@ -166,6 +171,8 @@ class LLaVADataset(Dataset[DatasetItem]):
         pixel_values = None
         if images:
             pixel_values = self.image_transform(images[0] if len(images) == 1 else images)
+            if self.feature_cache is not None:
+                pixel_values = self.feature_cache.attach(pixel_values)
         return {"input_ids": input_ids, "labels": labels, "pixel_values": pixel_values}  # type: ignore[typeddict-item]
 
     def _open(self, index: int, record: Any, relpath: str) -> Image.Image:

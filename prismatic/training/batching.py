@@ -9,7 +9,7 @@ logit at position i predicts the label at position i + 1.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,11 @@ from prismatic.models.backbones.vision.base_vision import ImageTransform, PixelV
 from prismatic.models.vlms.splice import IGNORE_INDEX, PaddingSide, splice_visual_tokens
 
 Batch = Mapping[str, Any]
+
+
+def dummy_image() -> Image.Image:
+    """The image of the masked dummy row (see `ImageRowFiller`); the feature-cache builder caches its features too."""
+    return Image.new("RGB", (32, 32))
 
 
 @dataclass(frozen=True)
@@ -68,12 +73,15 @@ def spliced_labels(
 
 
 def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum (not mean) of next-token cross-entropies in fp32: logits[:, :-1] against labels[:, 1:]."""
+    """Sum (not mean) of next-token cross-entropies in fp32: logits[:, :-1] against labels[:, 1:].
+
+    The labels are shifted (padded with IGNORE_INDEX at the end), not the logits: slicing [B, L, vocab] logits would
+    copy them (and their gradient) for nothing, about 3% of a small model's train step (benchmarks/train_step.py)."""
     if logits.shape[:2] != labels.shape:
         raise ValueError(f"Logits {tuple(logits.shape)} and labels {tuple(labels.shape)} are not aligned.")
-    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    shift_labels = labels[:, 1:].reshape(-1).to(shift_logits.device)
-    return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    flat_logits = logits.reshape(-1, logits.shape[-1]).float()
+    shift_labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1).to(flat_logits.device)
+    return F.cross_entropy(flat_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 class ImageRowFiller:
@@ -87,8 +95,13 @@ class ImageRowFiller:
     """
 
     def __init__(self, image_transform: ImageTransform, pad_token_id: int) -> None:
-        self.pixel_values: PixelValues = collate_pixel_values([image_transform(Image.new("RGB", (32, 32)))])
+        self.sample: PixelValues = image_transform(dummy_image())
+        self.pixel_values: PixelValues = collate_pixel_values([self.sample])
         self.pad_token_id = pad_token_id
+
+    def attach_features(self, attach: Callable[[PixelValues], PixelValues]) -> None:
+        """Let the dummy row carry cached features (e.g. `FeatureCache.attach`), so it never runs the encoders."""
+        self.pixel_values = collate_pixel_values([attach(self.sample)])
 
     def __call__(self, batch: Batch) -> dict[str, Any]:
         out = dict(batch)

@@ -1,7 +1,9 @@
 """Training metrics: a jsonl file (always), Weights & Biases (when asked), a console progress bar, a loss-curve PNG.
 
 Everything is written by rank 0 only. One jsonl line per optimizer step: step, epoch, loss, lr, grad_norm,
-samples_per_s, tokens_per_s, time (seconds since this process started training) and a few counts. On resume, lines
+samples_per_s, tokens_per_s, time (seconds since this process started training), a few counts, and what the trainer's
+throughput meter adds (`prismatic.training.throughput`: flops_per_sample, tflops_per_s, mfu when the device's peak is
+known, and the shares of step time spent in the encoders, the projector and the LLM). On resume, lines
 after the resumed step (written by the interrupted run after its last checkpoint) are dropped, so the file always
 holds one line per step of the run's single history. Secrets never reach a tracker: the config handed to wandb is the
 same sanitised one that is saved in the run directory.
@@ -12,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -74,7 +76,11 @@ class MetricsLogger:
         kept = [row for row in read_metrics(self.path) if row["step"] <= step]
         self.path.write_text("".join(json.dumps(row) + "\n" for row in kept))
 
-    def log_step(self, step: int, epoch: int, result: StepResult, step_seconds: float) -> None:
+    def log_step(
+        self, step: int, epoch: int, result: StepResult, step_seconds: float, extra: Mapping[str, float] | None = None
+    ) -> None:
+        """One jsonl line (and tracker entry) for an optimizer step; `extra` adds keys (e.g. the throughput meter's
+        flops_per_sample, tflops_per_s, mfu and time shares)."""
         if not self.enabled:
             return
         if self._file is None:
@@ -94,6 +100,7 @@ class MetricsLogger:
             "tokens": result.tokens,
             "label_tokens": result.label_tokens,
             "skipped": result.skipped,
+            **(extra or {}),
         }
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
@@ -106,6 +113,7 @@ class MetricsLogger:
                 lr=f"{result.lr:.2e}",
                 samples_s=f"{row['samples_per_s']:.1f}",
                 tokens_s=f"{row['tokens_per_s']:.0f}",
+                **({"mfu": f"{row['mfu']:.1%}"} if "mfu" in row else {}),
                 refresh=False,
             )
 

@@ -20,6 +20,7 @@ from prismatic.training.checkpointing import CheckpointManager
 from prismatic.training.distributed import DistributedContext
 from prismatic.training.metrics import MetricsLogger
 from prismatic.training.strategies.base import TrainingStrategy
+from prismatic.training.throughput import ThroughputMeter
 
 overwatch = initialize_overwatch(__name__)
 
@@ -61,11 +62,13 @@ class Trainer:
         save_interval: int | None = None,
         stop_after_step: int | None = None,
         num_workers: int = 0,
+        throughput: ThroughputMeter | None = None,
     ) -> None:
         self.strategy, self.dataset, self.collator, self.sampler = strategy, dataset, collator, sampler
         self.plan, self.checkpoints, self.metrics, self.ctx = plan, checkpoints, metrics, ctx
         self.seed, self.save_interval, self.stop_after_step = seed, save_interval, stop_after_step
         self.num_workers = num_workers
+        self.throughput = throughput  # FLOPs, MFU and time shares per step, added to the metrics line
 
     def _loader(self, epoch: int) -> DataLoader:
         # A private generator: creating the loader draws worker seeds from it, not from the global RNG, so the
@@ -100,12 +103,16 @@ class Trainer:
             steps_left = (sampler.samples_per_epoch - sampler.consumed_samples) // plan.global_batch_size
             batches = iter(self._loader(epoch))
             for _ in range(min(steps_left, plan.total_steps - step)):
+                if self.throughput is not None:
+                    self.throughput.start_step(step + 1)
                 started = time.perf_counter()
                 micro_batches = [next(batches) for _ in range(plan.grad_accumulation)]
                 result = self.strategy.train_step(micro_batches)
+                elapsed = time.perf_counter() - started
                 sampler.advance(plan.global_batch_size)
                 step += 1
-                self.metrics.log_step(step, epoch, result, time.perf_counter() - started)
+                extra = self.throughput.finish_step(micro_batches, elapsed) if self.throughput is not None else None
+                self.metrics.log_step(step, epoch, result, elapsed, extra)
                 if self.save_interval and step % self.save_interval == 0:
                     self._save(step, epoch)
                     saved_at = step

@@ -20,6 +20,7 @@ from prismatic.models.projectors import ArchSpecifier, build_projector
 from prismatic.models.vlms.generation import SampleImages
 from prismatic.models.vlms.generation import generate as generate_text
 from prismatic.models.vlms.splice import PaddingSide, splice_visual_tokens
+from prismatic.models.vlms.visual_features import EncoderBatching, vision_features
 
 Stage = Literal["align", "finetune", "full-finetune", "finetune-unet", "finetune-unet-vae"]
 STAGES: tuple[str, ...] = get_args(Stage)
@@ -27,20 +28,51 @@ STAGES: tuple[str, ...] = get_args(Stage)
 STAGE_ENCODER_MODULES: dict[str, tuple[str, ...]] = {"finetune-unet": ("unet",), "finetune-unet-vae": ("unet", "vae")}
 
 
+def freeze_vision_backbone(vision_backbone: VisionBackbone, stage: Stage) -> None:
+    """The vision half of `PrismaticVLM.freeze_backbones` (also used by the feature-cache builder, which builds no LLM):
+    frozen except in full-finetune, its always-trainable modules, and the encoder modules the stage trains."""
+    if stage not in STAGES:
+        raise ValueError(f"Unknown stage {stage!r}; valid stages are {list(STAGES)}.")
+    vision_backbone.requires_grad_(stage == "full-finetune")
+    for name in vision_backbone.trainable_module_names:
+        vision_backbone.get_submodule(name).requires_grad_(True)
+    for name in STAGE_ENCODER_MODULES.get(stage, ()):
+        _encoder_module(vision_backbone, name).requires_grad_(True)
+
+
+def _encoder_module(vision_backbone: VisionBackbone, name: str) -> nn.Module:
+    for module_name, module in vision_backbone.named_modules():
+        if module_name.split(".")[-1] == name:
+            return module
+    raise ValueError(
+        f"This stage trains the generative encoder's {name!r}, but vision backbone "
+        f"{vision_backbone.identifier!r} has none; use a backbone with an SVD stream (e.g. 'siglip+svd')."
+    )
+
+
 class PrismaticVLM(nn.Module):
+    # How frozen encoders batch their work (see `visual_features`): per-sample makes features batch-independent.
+    encoder_batching: EncoderBatching = "per-sample"
+
     def __init__(
         self,
         model_id: str,
         vision_backbone: VisionBackbone,
         llm_backbone: LLMBackbone,
         arch_specifier: str | ArchSpecifier,
+        projector_feature_norm: bool = False,
     ) -> None:
+        """`projector_feature_norm` puts a LayerNorm on each visual stream before its projector MLP (off for the
+        released models; see `prismatic.models.projectors`)."""
         super().__init__()
         self.model_id = model_id
         self.arch = arch_specifier if isinstance(arch_specifier, ArchSpecifier) else ArchSpecifier.parse(arch_specifier)
         self.vision_backbone = vision_backbone
         self.llm_backbone = llm_backbone
-        self.projector = build_projector(self.arch, vision_backbone.streams, llm_backbone.embed_dim)
+        self.projector_feature_norm = projector_feature_norm
+        self.projector = build_projector(
+            self.arch, vision_backbone.streams, llm_backbone.embed_dim, feature_norm=projector_feature_norm
+        )
 
     # === Introspection ===
     @property
@@ -67,34 +99,21 @@ class PrismaticVLM(nn.Module):
         the generative encoder's U-Net (and VAE); its unused parts must hold no trainable parameter, which the encoder
         guarantees by never building them (see the SVD encoder).
         """
-        if stage not in STAGES:
-            raise ValueError(f"Unknown stage {stage!r}; valid stages are {list(STAGES)}.")
-        self.vision_backbone.requires_grad_(stage == "full-finetune")
-        for name in self.vision_backbone.trainable_module_names:
-            self.vision_backbone.get_submodule(name).requires_grad_(True)
+        freeze_vision_backbone(self.vision_backbone, stage)
         self.llm_backbone.requires_grad_(stage != "align")
         self.projector.requires_grad_(True)
-        for name in STAGE_ENCODER_MODULES.get(stage, ()):
-            self._encoder_module(name).requires_grad_(True)
-
-    def _encoder_module(self, name: str) -> nn.Module:
-        for module_name, module in self.vision_backbone.named_modules():
-            if module_name.split(".")[-1] == name:
-                return module
-        raise ValueError(
-            f"This stage trains the generative encoder's {name!r}, but vision backbone "
-            f"{self.vision_backbone.identifier!r} has none; use a backbone with an SVD stream (e.g. 'siglip+svd')."
-        )
 
     def trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         return ((n, p) for n, p in self.named_parameters() if p.requires_grad)
 
     # === Forward ===
     def encode_images(self, pixel_values: PixelValues) -> torch.Tensor:
-        """Vision backbone + projector -> [n_images, Nv, d]; gradients reach the encoder only if it trains."""
-        vision_trains = any(p.requires_grad for p in self.vision_backbone.parameters())
-        with torch.set_grad_enabled(vision_trains and torch.is_grad_enabled()):
-            features = self.vision_backbone(pixel_values)
+        """Vision streams + projector -> [n_images, Nv, d]. Streams come from cached `features:<stream>` entries where
+        the batch has them and from the encoders otherwise (`visual_features`); gradients reach an encoder only if it
+        trains."""
+        frozen = not any(p.requires_grad for p in self.vision_backbone.parameters())
+        per_sample = frozen and self.encoder_batching == "per-sample"
+        features = vision_features(self.vision_backbone, pixel_values, frozen=frozen, per_sample=per_sample)
         dtype = next(self.projector.parameters()).dtype
         return self.projector({k: v.to(dtype) for k, v in features.items()})
 

@@ -52,6 +52,14 @@ class Precision:
     def low_precision(self) -> bool:
         return self.mixed or self.pure_bf16
 
+    def vision_backbone_dtype(self, vision_trains: bool) -> torch.dtype | None:
+        """The dtype the strategy stores the vision backbone in (None: left as built, fp32). The feature-cache builder
+        asks this too, so cached features are computed at the dtype training would encode with."""
+        if self.pure_bf16 or (self.mixed and not vision_trains):
+            # pure_bf16 casts the whole model; a frozen encoder needs no fp32 master copy (half the memory, no cast).
+            return HALF_DTYPE
+        return None
+
 
 @dataclass(frozen=True)
 class StepResult:
@@ -110,9 +118,10 @@ class TrainingStrategy(ABC):
     def _prepare_precision(self) -> None:
         if self.precision.pure_bf16:
             self.vlm.to(HALF_DTYPE)
-        elif self.precision.mixed and not any(p.requires_grad for p in self.vlm.vision_backbone.parameters()):
-            # A frozen encoder needs no fp32 master copy: store it in bf16 (half the memory, no per-step cast).
-            self.vlm.vision_backbone.to(HALF_DTYPE)
+        vision_trains = any(p.requires_grad for p in self.vlm.vision_backbone.parameters())
+        dtype = self.precision.vision_backbone_dtype(vision_trains)
+        if dtype is not None:
+            self.vlm.vision_backbone.to(dtype)
 
     @abstractmethod
     def wrap_model(self) -> nn.Module:

@@ -7,6 +7,10 @@ lists them in the order the projector consumes them (static first), so the proje
 Per sample, a backbone's transform maps one PIL image, or a list of K images (frames), to a dict of tensors. Static
 encoders only look at the first image. The SVD stream keeps all K as a uint8 tensor [K, 3, H, W]; `collate_pixel_values`
 pads K across a batch and records each sample's count under `"<key>_count"`.
+
+A pixel dict may also carry precomputed encoder outputs under `"features:<stream>"` (per sample [N, C], attached from the
+frozen-feature cache); the VLM then skips that stream's encoder for those rows. Rows of a batch that lack them are
+zero-filled and listed by a `"features:<stream>:hit"` bool mask, so the encoder runs on the missing rows only.
 """
 
 from __future__ import annotations
@@ -92,17 +96,65 @@ class VisionBackbone(nn.Module, ABC):
     def num_visual_tokens(self) -> int:
         return sum(s.num_tokens for s in self.streams)
 
+    def stream_encoders(self) -> dict[str, VisionBackbone]:
+        """The module that computes each stream (itself here; dual backbones name their members), so a stream can be
+        encoded, fingerprinted or cached on its own."""
+        return {s.name: self for s in self.streams}
+
+    def forward_streams(self, pixel_values: PixelValues, streams: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Encode only `streams`, running only the members that produce them."""
+        encoders = self.stream_encoders()
+        unknown = [name for name in streams if name not in encoders]
+        if unknown:
+            raise KeyError(f"{self.identifier} has no stream(s) {unknown}; its streams are {list(encoders)}.")
+        out: dict[str, torch.Tensor] = {}
+        for member in {id(encoders[name]): encoders[name] for name in streams}.values():
+            own = [name for name in streams if encoders[name] is member]
+            features = member(pixel_values) if member is self else member.forward_streams(pixel_values, own)
+            out.update({name: value for name, value in features.items() if name in own})
+        return out
+
+
+# Precomputed encoder outputs travel in the pixel dict under these keys (see the module docstring).
+FEATURE_PREFIX = "features:"
+_HIT_SUFFIX = ":hit"
+
+
+def feature_key(stream: str) -> str:
+    return f"{FEATURE_PREFIX}{stream}"
+
+
+def feature_hit_key(stream: str) -> str:
+    return f"{FEATURE_PREFIX}{stream}{_HIT_SUFFIX}"
+
+
+def is_feature_key(key: str) -> bool:
+    return key.startswith(FEATURE_PREFIX)
+
+
+def _collate_features(samples: Sequence[PixelValues], batch: PixelValues) -> None:
+    """Stack `features:<stream>` entries; rows without one get zeros and the batch gets a `:hit` mask."""
+    keys = dict.fromkeys(k for s in samples for k in s if is_feature_key(k) and not k.endswith(_HIT_SUFFIX))
+    for key in keys:
+        rows = [s.get(key) for s in samples]
+        template = next(row for row in rows if row is not None)
+        batch[key] = torch.stack([row if row is not None else template.new_zeros(template.shape) for row in rows])
+        if any(row is None for row in rows):
+            batch[key + _HIT_SUFFIX] = torch.tensor([row is not None for row in rows], dtype=torch.bool)
+
 
 def collate_pixel_values(samples: Sequence[PixelValues]) -> PixelValues:
     """Stack per-sample pixel dicts into a batch.
 
     Tensors whose first dim varies across samples (the K frames of the SVD stream) are zero-padded to the largest K,
     and each sample's true K is stored under `"<key>_count"` so padded frames are never used as keyframes.
+    Cached features (`"features:<stream>"`) may be present in some rows only (see `_collate_features`).
     """
     if not samples:
         raise ValueError("Cannot collate an empty batch of pixel values.")
     batch: PixelValues = {}
-    for key in samples[0]:
+    _collate_features(samples, batch)
+    for key in (k for k in samples[0] if not is_feature_key(k)):
         tensors = [s[key] for s in samples]
         lengths = {t.shape[0] for t in tensors}
         if len(lengths) == 1 and not key_is_variable(key):

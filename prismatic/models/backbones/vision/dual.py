@@ -48,6 +48,10 @@ class DualStreamBackbone(VisionBackbone):
     def get_image_transform(self) -> ImageTransform:
         return MergedTransform([self.static.get_image_transform(), self.generative.get_image_transform()])
 
+    def stream_encoders(self) -> dict[str, VisionBackbone]:
+        # Each stream's own member, so a cached stream never runs (or fingerprints) the other encoder.
+        return {**self.static.stream_encoders(), **self.generative.stream_encoders()}
+
     @property
     def fsdp_wrap_modules(self) -> tuple[type[nn.Module], ...]:
         return self.static.fsdp_wrap_modules + self.generative.fsdp_wrap_modules
