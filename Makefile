@@ -1,6 +1,6 @@
 # Set-up-and-run commands for a newcomer on a fresh machine; each creates and fills its own virtualenv.
 #   make test   -> lint + the whole test suite on CPU
-#   make bench  -> the benchmark suite against HF/released peers (~15 min on 2 CPU cores; results and goals in
+#   make bench  -> the benchmark suite against HF/released peers (~10 min on 2 CPU cores; results and goals in
 #                  benchmarks/results/, see benchmarks/README.md); BENCH_FLAGS="--smoke" for a seconds-long check
 PYTHON ?= python3
 VENV   ?= .venv
