@@ -21,13 +21,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from benchmarks import models, steps
 from benchmarks.harness import Comparison, argument_parser, measure, parse_settings, ratio_pair, write_results
 from prismatic.models.backbones.vision.base_vision import PixelValues, collate_pixel_values
-from prismatic.models.vlms.splice import splice_visual_tokens
-from prismatic.training.batching import count_label_tokens, token_loss_sum
+from prismatic.models.vlms.splice import IGNORE_INDEX, next_token_targets, splice_visual_tokens
+from prismatic.training.batching import count_label_tokens, label_targets
 from prismatic.training.distributed import DistributedContext
 from prismatic.training.strategies import SingleDeviceStrategy
 
@@ -82,9 +83,14 @@ def floor_step(strategy: SingleDeviceStrategy, batch: dict[str, Any], features: 
             visual = vlm.projector({name: value.to(dtype) for name, value in features.items()})
             embeds = vlm.llm_backbone.embed_input_ids(ids)
             spliced = splice_visual_tokens(embeds, mask, visual, has_image, labels, "right")
-            logits = vlm.llm_backbone(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
-                                      position_ids=spliced.position_ids).logits  # fmt: skip
-        loss = token_loss_sum(logits, spliced.labels) / label_tokens
+            targets = label_targets(spliced.labels)  # logits where a label follows, as training computes them
+            logits = vlm.llm_backbone(
+                spliced.inputs_embeds,
+                spliced.attention_mask,
+                position_ids=spliced.position_ids,
+                logits_mask=next_token_targets(spliced.labels) != IGNORE_INDEX,
+            ).logits
+        loss = F.cross_entropy(logits.float(), targets, reduction="sum") / label_tokens
         loss.backward()
         strategy.clip_grad_norm(steps.MAX_GRAD_NORM)
         strategy.optimizer.step()

@@ -22,7 +22,7 @@ from prismatic.models.backbones.vision.base_vision import PixelValues
 from prismatic.models.vlms.prismatic import PrismaticVLM
 from prismatic.models.vlms.splice import IGNORE_INDEX
 from prismatic.training.distributed import DistributedContext
-from prismatic.training.optimizer import build_param_groups
+from prismatic.training.optimizer import adamw, build_param_groups
 from prismatic.training.strategies import Precision, SingleDeviceStrategy
 
 LEARNING_RATE, WEIGHT_DECAY, MAX_GRAD_NORM = 2e-5, 0.1, 1.0
@@ -112,9 +112,8 @@ class PeerTrainStep:
                     module.to(HALF)
         trainable: list[nn.Module] = [self.llava] + ([svd_projector.to(device)] if svd_projector is not None else [])
         self.params = [p for m in trainable for p in m.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            [g for m in trainable for g in build_param_groups(m, LEARNING_RATE, WEIGHT_DECAY)]
-        )
+        # The same AdamW implementation as ours (fused where it applies): optimizer work is identical on both sides.
+        self.optimizer = adamw([g for m in trainable for g in build_param_groups(m, LEARNING_RATE, WEIGHT_DECAY)])
         self.llava.train()
         self._inputs = self._build_inputs()
 

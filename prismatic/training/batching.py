@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from prismatic.models.backbones.vision.base_vision import ImageTransform, PixelValues, collate_pixel_values
-from prismatic.models.vlms.splice import IGNORE_INDEX, PaddingSide, splice_visual_tokens
+from prismatic.models.vlms.splice import IGNORE_INDEX, PaddingSide, next_token_targets, splice_visual_tokens
 
 Batch = Mapping[str, Any]
 
@@ -72,16 +71,11 @@ def spliced_labels(
     return aligned
 
 
-def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum (not mean) of next-token cross-entropies in fp32: logits[:, :-1] against labels[:, 1:].
-
-    The labels are shifted (padded with IGNORE_INDEX at the end), not the logits: slicing [B, L, vocab] logits would
-    copy them (and their gradient) for nothing, about 3% of a small model's train step (benchmarks/train_step.py)."""
-    if logits.shape[:2] != labels.shape:
-        raise ValueError(f"Logits {tuple(logits.shape)} and labels {tuple(labels.shape)} are not aligned.")
-    flat_logits = logits.reshape(-1, logits.shape[-1]).float()
-    shift_labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1).to(flat_logits.device)
-    return F.cross_entropy(flat_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+def label_targets(labels: torch.Tensor) -> torch.Tensor:
+    """The targets of `PrismaticVLM.forward(..., label_logits_only=True)`'s logits, in the same order: the labels each
+    position predicts, where one is predicted."""
+    targets = next_token_targets(labels)
+    return targets[targets != IGNORE_INDEX]
 
 
 class ImageRowFiller:

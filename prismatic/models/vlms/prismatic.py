@@ -19,7 +19,7 @@ from prismatic.models.backbones.vision.base_vision import PixelValues, VisionBac
 from prismatic.models.projectors import ArchSpecifier, build_projector
 from prismatic.models.vlms.generation import SampleImages
 from prismatic.models.vlms.generation import generate as generate_text
-from prismatic.models.vlms.splice import PaddingSide, splice_visual_tokens
+from prismatic.models.vlms.splice import IGNORE_INDEX, PaddingSide, next_token_targets, splice_visual_tokens
 from prismatic.models.vlms.visual_features import EncoderBatching, vision_features
 
 Stage = Literal["align", "finetune", "full-finetune", "finetune-unet", "finetune-unet-vae"]
@@ -125,8 +125,13 @@ class PrismaticVLM(nn.Module):
         labels: torch.Tensor | None = None,
         has_image: torch.Tensor | None = None,
         padding_side: PaddingSide = "right",
+        label_logits_only: bool = False,
     ) -> CausalLMOutputWithPast:
-        """`pixel_values` holds the image rows only, in batch order; `has_image` [B] marks them (default: all rows)."""
+        """`pixel_values` holds the image rows only, in batch order; `has_image` [B] marks them (default: all rows).
+
+        `label_logits_only` (with `labels`; what training uses) computes logits only at the positions that predict a
+        label: `output.logits` is [n_label_tokens, vocab] in row-major order of the spliced sequence (targets:
+        `next_token_targets(spliced labels)` at the same positions), and no loss is computed."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         text_embeds = self.llm_backbone.embed_input_ids(input_ids)
@@ -138,6 +143,12 @@ class PrismaticVLM(nn.Module):
                 has_image = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
             visual = self.encode_images(pixel_values) if bool(has_image.any()) else None
         spliced = splice_visual_tokens(text_embeds, attention_mask, visual, has_image, labels, padding_side)
+        if label_logits_only:
+            if spliced.labels is None:
+                raise ValueError("label_logits_only=True needs labels (it keeps the logits that predict them).")
+            keep = next_token_targets(spliced.labels) != IGNORE_INDEX
+            return self.llm_backbone(spliced.inputs_embeds, spliced.attention_mask, position_ids=spliced.position_ids,
+                                     logits_mask=keep)  # fmt: skip
         return self.llm_backbone(
             inputs_embeds=spliced.inputs_embeds,
             attention_mask=spliced.attention_mask,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
 IGNORE_INDEX = -100
 PaddingSide = Literal["right", "left"]
@@ -73,3 +74,8 @@ def splice_visual_tokens(
 
     position_ids = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
     return SplicedInputs(embeds, mask, position_ids, out_labels)
+
+
+def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
+    """The label each position predicts: labels[:, 1:], with IGNORE_INDEX after the last position ([B, L])."""
+    return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.distributed.tensor import DTensor
 
 from prismatic.conf.models import StageOptimization
@@ -28,8 +29,8 @@ from prismatic.overwatch import initialize_overwatch
 from prismatic.training.batching import (
     ImageRowFiller,
     count_batch,
+    label_targets,
     spliced_labels,
-    token_loss_sum,
 )
 from prismatic.training.distributed import DistributedContext
 from prismatic.training.optimizer import build_optimizer, build_scheduler
@@ -165,14 +166,16 @@ class TrainingStrategy(ABC):
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
                 pixel_values=batch["pixel_values"],
-                labels=None,  # the loss is computed here, as a sum, normalised over the global batch
+                labels=batch["labels"],
                 has_image=batch["has_image"],
                 padding_side=padding_side,
+                label_logits_only=True,  # logits at label positions only; the loss is a sum, normalised globally
             )
-        logits = output.logits
-        num_visual = logits.shape[1] - batch["input_ids"].shape[1]
+        has_visual = batch["pixel_values"] is not None and bool(batch["has_image"].any())
+        num_visual = self.num_visual_tokens if has_visual else 0
         labels = spliced_labels(batch["labels"], batch["attention_mask"], batch["has_image"], num_visual, padding_side)
-        return token_loss_sum(logits, labels)
+        targets = label_targets(labels).to(output.logits.device)
+        return F.cross_entropy(output.logits.float(), targets, reduction="sum")
 
     def train_step(self, micro_batches: Sequence[Mapping[str, Any]]) -> StepResult:
         """Forward/backward every micro-batch of this rank, then one optimizer step for the global batch."""
