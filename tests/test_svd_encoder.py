@@ -21,6 +21,7 @@ from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion 
 from PIL import Image
 from torchvision.transforms import v2
 
+from prismatic.models.backbones.vision import svd_unet
 from prismatic.models.backbones.vision.base_vision import collate_pixel_values
 from prismatic.models.backbones.vision.svd import SVDGenerativeEncoder, VAEOnlyBackbone
 from prismatic.models.backbones.vision.svd_components import (
@@ -243,7 +244,7 @@ def count_calls(unet) -> tuple[dict[str, int], list]:
     [
         ({}, {"mid": 0, "up": 0, "out": 0}),
         ({"tap": "post-mid"}, {"mid": 1, "up": 0, "out": 0}),
-        ({"mode": "paper", "sigma_index": 3}, {"mid": 1, "up": 4, "out": 1}),  # the first (full) pass only
+        ({"mode": "paper", "sigma_index": 3}, {"mid": 1, "up": 3, "out": 1}),  # the first (full) pass only
     ],
 )
 def test_truncated_unet_never_runs_mid_or_up_blocks(components, images, overrides, expected) -> None:
@@ -293,6 +294,29 @@ def test_features_depend_only_on_the_sample_and_the_seed(components, images) -> 
     torch.testing.assert_close(batched[1], alone[0], rtol=0, atol=2e-5)
     assert (batched[0] - batched[1]).abs().max() > 1e-2
     assert (alone - reseeded).abs().max() > 1e-2
+
+
+def test_unet_calls_split_over_the_cuda_grid_limit_give_the_same_features(components, images, monkeypatch) -> None:
+    """On CUDA a batch whose first-level temporal attention would exceed the grid limit runs in chunks; forced here
+    on CPU (two samples per call), every U-Net pass of both modes must give the whole batch's values."""
+    chunk_sizes = []
+
+    def two_per_call(sample: torch.Tensor) -> int:
+        chunk_sizes.append(sample.shape[0])
+        return 2
+
+    for mode in ("release", "paper"):
+        encoder = make_encoder(components, mode=mode)
+        batch = batch_of(encoder, [images[0], images[1:3], images[3], images[4]])
+        with torch.no_grad():
+            whole = encoder(batch)["svd"]
+            monkeypatch.setattr(svd_unet, "max_rows_per_call", two_per_call)
+            chunked = encoder(batch)["svd"]
+            monkeypatch.undo()
+        torch.testing.assert_close(chunked, whole, rtol=0, atol=2e-5)  # batch-size-dependent rounding only
+    assert 4 in chunk_sizes and 2 in chunk_sizes
+    assert svd_unet.max_rows_per_call(torch.zeros(30, 8, 8, 56, 56)) == 30  # CPU: one call
+    assert svd_unet.CUDA_MAX_GRID_ROWS // (56 * 56) == 20  # 448 px on CUDA: 20 per call (21 failed on the H200)
 
 
 def test_saved_and_reloaded_components_give_identical_features(svd_dir, images) -> None:

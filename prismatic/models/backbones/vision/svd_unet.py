@@ -185,6 +185,24 @@ def _block_kwargs(block: torch.nn.Module, cond: UNetConditioning) -> dict:
     return {}
 
 
+# CUDA's limit on a grid's y/z dimension. The temporal attention of the first level runs batch x h x w sequences of
+# T frames in one SDPA call, and the flash / memory-efficient kernels fail with "invalid configuration argument"
+# above it on torch versions without pytorch#146704 (measured on an H200 with torch 2.11: 448 px, from 21 images).
+CUDA_MAX_GRID_ROWS = 65_535
+
+
+def max_rows_per_call(sample: torch.Tensor) -> int:
+    """How many samples of sample [B, T, C, h, w] one U-Net call may take: all on CPU, under the grid limit on CUDA."""
+    height, width = sample.shape[-2:]
+    return max(1, CUDA_MAX_GRID_ROWS // (height * width)) if sample.device.type == "cuda" else sample.shape[0]
+
+
+def _rows(cond: UNetConditioning, start: int, count: int) -> UNetConditioning:
+    frames = cond.num_frames
+    return UNetConditioning(cond.encoder_hidden_states[start * frames : (start + count) * frames],
+                            cond.added_embedding[start : start + count], frames)  # fmt: skip
+
+
 def run_unet(
     unet: UNetSpatioTemporalConditionModel,
     sample: torch.Tensor,
@@ -200,6 +218,11 @@ def run_unet(
     batch_size, num_frames = sample.shape[:2]
     if num_frames != cond.num_frames:
         raise ValueError(f"Sample has {num_frames} frames but the conditioning was built for {cond.num_frames}.")
+    rows = max_rows_per_call(sample)
+    if batch_size > rows:  # samples are independent: the chunks' outputs are exactly the rows of the whole
+        parts = [run_unet(unet, sample[i : i + rows], timestep, _rows(cond, i, rows), stop)
+                 for i in range(0, batch_size, rows)]  # fmt: skip
+        return torch.cat(parts)
     timesteps = timestep.reshape(1).to(sample.device).expand(batch_size)
     # The sinusoidal projection has no weights and returns float32: cast before the (maybe half precision) MLP.
     emb = unet.time_embedding(unet.time_proj(timesteps).to(sample.dtype)) + cond.added_embedding
