@@ -238,7 +238,7 @@ def test_mismatches_raise(llama: LLMBackbone) -> None:
 @pytest.mark.parametrize("name", ["llama", "qwen"])
 def test_tiny_forward_backward(name: str, request: pytest.FixtureRequest) -> None:
     backbone: LLMBackbone = request.getfixturevalue(name)
-    assert backbone.embed_dim == 64 and backbone.half_precision_dtype == torch.bfloat16
+    assert backbone.embed_dim == 128 and backbone.half_precision_dtype == torch.bfloat16
     assert backbone.llm.config._attn_implementation == "sdpa" and backbone.llm.config.use_cache is False
     assert isinstance(backbone.llm.model.layers[0], backbone.transformer_layer_cls)
     ids, labels = backbone.tokenize_conversation(CONVERSATION)
@@ -302,7 +302,7 @@ def test_real_id_loads_from_a_local_directory(llama: LLMBackbone, tmp_path) -> N
     llama.tokenizer.save_pretrained(tmp_path)
     ids = llama.tokenize_conversation(CONVERSATION)[0][None]
     loaded, _ = get_llm_backbone_and_tokenizer("llama2-7b-pure", pretrained_path=str(tmp_path))
-    assert loaded.embed_dim == 64 and loaded.pad_token_id == 32000
+    assert loaded.embed_dim == 128 and loaded.pad_token_id == 32000
     with torch.no_grad():
         assert torch.equal(loaded.llm(input_ids=ids).logits, llama.llm(input_ids=ids).logits)
     # inference_mode: the directory's architecture without its weights (a VLM checkpoint supplies them).

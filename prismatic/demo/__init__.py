@@ -1,5 +1,6 @@
-"""The embedded demo data: a small seeded world of coloured shapes, single images and short clips, with one-word
-questions about colours, positions, counts, shapes and motion, written as LLaVA-format splits.
+"""The embedded demo data: a small seeded world of coloured shapes on a 4 x 4 board, single images and 2-4 frame clips,
+with one-word questions (count, colour of the top object, left-of; direction of motion, which object moved, whether
+two objects met), written as LLaVA-format splits. docs/demo.md says how it is built and why.
 
     from prismatic.demo import build_demo_dataset
     paths = build_demo_dataset()          # generated once into ~/.cache/dyva-worldlm/demo (or $DYVA_CACHE/demo)

@@ -47,7 +47,7 @@ from prismatic.overwatch import initialize_overwatch
 
 overwatch = initialize_overwatch(__name__)
 
-DEMO_VERSION = 1  # bump whenever the generator's output changes, so caches built by older code are regenerated
+DEMO_VERSION = 2  # bump whenever the generator's output changes, so caches built by older code are regenerated
 MANIFEST = "manifest.json"
 BUILDING_MARKER = ".demo-building"  # present while a build runs: marks the directory as ours even without a manifest
 
@@ -113,8 +113,13 @@ def answer_deck(rng: np.random.Generator, answers: Sequence[str], length: int) -
 
 
 def generate_questions(
-    seed: int, split: Literal["train", "eval"], kind: Literal["scene", "clip"], count: int,
-    types: Sequence[QuestionType], image_size: int, clip_frames: Sequence[int],
+    seed: int,
+    split: Literal["train", "eval"],
+    kind: Literal["scene", "clip"],
+    count: int,
+    types: Sequence[QuestionType],
+    image_size: int,
+    clip_frames: Sequence[int],
 ) -> list[Question]:
     """`count` questions cycling through `types`, answers dealt from balanced decks; no rendering."""
     if count == 0:
@@ -157,16 +162,18 @@ def write_split(
         for frame, file_name in zip(frames, names):
             frame.save(image_dir / file_name, format="PNG")
         relpaths = [f"images/{split}/{file_name}" for file_name in names]
-        records.append({
-            "id": f"{split}-{prefix}",
-            "image": relpaths[0] if single else relpaths,
-            "conversations": [
-                {"from": "human", "value": f"<image>\n{prompt_text(question.text)}"},
-                {"from": "gpt", "value": question.answer},
-            ],
-            "question_type": question.question_type,
-            "scene": question.scene.to_json(),
-        })
+        records.append(
+            {
+                "id": f"{split}-{prefix}",
+                "image": relpaths[0] if single else relpaths,
+                "conversations": [
+                    {"from": "human", "value": f"<image>\n{prompt_text(question.text)}"},
+                    {"from": "gpt", "value": question.answer},
+                ],
+                "question_type": question.question_type,
+                "scene": question.scene.to_json(),
+            }
+        )
         progress.step()
     return records
 
@@ -196,12 +203,25 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _arguments(seed: int, num_train_scenes: int, num_train_clips: int, num_eval_scenes: int, num_eval_clips: int,
-               image_size: int, clip_frames: Sequence[int], question_types: Sequence[QuestionType]) -> dict[str, Any]:
+def _arguments(
+    seed: int,
+    num_train_scenes: int,
+    num_train_clips: int,
+    num_eval_scenes: int,
+    num_eval_clips: int,
+    image_size: int,
+    clip_frames: Sequence[int],
+    question_types: Sequence[QuestionType],
+) -> dict[str, Any]:
     return {
-        "seed": seed, "num_train_scenes": num_train_scenes, "num_train_clips": num_train_clips,
-        "num_eval_scenes": num_eval_scenes, "num_eval_clips": num_eval_clips, "image_size": image_size,
-        "clip_frames": list(clip_frames), "question_types": list(question_types),
+        "seed": seed,
+        "num_train_scenes": num_train_scenes,
+        "num_train_clips": num_train_clips,
+        "num_eval_scenes": num_eval_scenes,
+        "num_eval_clips": num_eval_clips,
+        "image_size": image_size,
+        "clip_frames": list(clip_frames),
+        "question_types": list(question_types),
     }
 
 
@@ -257,8 +277,9 @@ def build_demo_dataset(
     """Generate the demo splits into `root` (default `default_cache_dir()`), or reuse them when `root` already holds a
     build with the same arguments and generator version. Returns the paths of the splits."""
     paths = DemoPaths(Path(root).expanduser() if root is not None else default_cache_dir())
-    arguments = _arguments(seed, num_train_scenes, num_train_clips, num_eval_scenes, num_eval_clips, image_size,
-                           clip_frames, question_types)
+    arguments = _arguments(
+        seed, num_train_scenes, num_train_clips, num_eval_scenes, num_eval_clips, image_size, clip_frames, question_types
+    )
     _validate(arguments)
     manifest = read_manifest(paths.root)
     reusable = bool(manifest) and manifest.get("version") == DEMO_VERSION and manifest.get("arguments") == arguments
@@ -275,8 +296,9 @@ def build_demo_dataset(
     progress = _Progress(total)
 
     def questions(split: Literal["train", "eval"], kind: Literal["scene", "clip"], count: int) -> list[Question]:
-        return generate_questions(seed, split, kind, count, single if kind == "scene" else motion, image_size,
-                                  clip_frames)
+        return generate_questions(
+            seed, split, kind, count, single if kind == "scene" else motion, image_size, clip_frames
+        )
 
     train = questions("train", "scene", num_train_scenes) + questions("train", "clip", num_train_clips)
     splits: dict[DemoSplit, list[Question]] = {
@@ -293,4 +315,3 @@ def build_demo_dataset(
     (paths.root / BUILDING_MARKER).unlink(missing_ok=True)
     overwatch.info(f"Demo data ready in {paths.root}: {counts} ({time.perf_counter() - start:.1f}s).")
     return paths
-

@@ -1,4 +1,4 @@
-"""The demo's small dynamics world: plain-data scene descriptions, their geometry, and rendering with pillow.
+"""The demo's small dynamics world: a 4 x 4 board of coloured shapes, its descriptions, and rendering with pillow.
 
 A `Scene` is a few coloured shapes on a plain background (one image); a `Clip` is the same kind of world over 2-4
 frames, each object carrying its centre per frame. Descriptions are frozen dataclasses of ints and strings, so they
@@ -6,9 +6,11 @@ serialise to JSON losslessly (`to_json` / `scene_from_json`) and the question ge
 all read the same facts. Rendering is a pure function of a description: no randomness, no antialiasing (crisp,
 high-contrast shapes, so the pixel at an object's centre is exactly the object's colour).
 
-All sizes scale with the image size through `Geometry` (fractions of the canvas), so a 64 px and a 128 px world pose
-the same task. Objects never overlap in a single-image scene or in a clip's first frame; only the `met` clips end with
-two objects overlapping (that is what "meeting" means here).
+Objects sit on the cells of a board (`GRID` x `GRID`), one object per cell, and a mover travels exactly one cell from
+the first frame to the last (the frames between show it part-way). At the default 64 px a cell is 16 px, exactly one
+patch of the tiny vision encoders and one token of the tiny SVD's 4 x 4 grid, so every visual token sees at most one
+whole object: the demo then measures what the model learns from its tokens, not how well a random tiny encoder copes
+with objects straddling patches. All sizes scale with the image size through `Geometry`.
 """
 
 from __future__ import annotations
@@ -40,9 +42,11 @@ BACKGROUND: tuple[int, int, int] = (20, 20, 20)
 # Image y grows downwards, so "up" is -y.
 DIRECTION_VECTORS: dict[Direction, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 
+GRID = 4  # the board is GRID x GRID cells
 MIN_IMAGE_SIZE = 32
 
 Box = tuple[int, int, int, int]  # inclusive pixel bounds (x0, y0, x1, y1)
+Cell = tuple[int, int]  # (column, row) on the board, (0, 0) top left
 
 
 @dataclass(frozen=True)
@@ -50,34 +54,50 @@ class Geometry:
     """Pixel sizes of one world, all derived from the image size (see `geometry`)."""
 
     image_size: int
-    scene_sizes: tuple[int, int]  # smallest and largest object side in single-image scenes
-    clip_size: int  # object side in clips (smaller than in scenes, to leave room for the motion)
-    motion: int  # total displacement of a moving object from the first to the last frame
-    gap: int  # least empty pixels between two objects' boxes
-    margin: int  # least empty pixels between an object and the border
-    clear: int  # least centre distance along an axis for "top" / "left of" to count: the extents do not overlap
-    meet_offset: int  # in `met` clips, centre distance left between the two objects in the last frame (< clip_size)
+    cell: int  # side of a board cell in pixels; also the distance a mover travels from first to last frame
+    object_size: int  # side of every object's square bounding box (a cell less a 1 px margin on each side)
+
+    @property
+    def motion(self) -> int:
+        return self.cell
+
+    def centre(self, cell: Cell) -> tuple[int, int]:
+        """Pixel centre of a board cell."""
+        column, row = cell
+        return column * self.cell + self.cell // 2, row * self.cell + self.cell // 2
+
+    def cell_of(self, x: int, y: int) -> Cell:
+        """The cell whose centre is (x, y); raises for a point that is not a cell centre."""
+        cell = (x // self.cell, y // self.cell)
+        if self.centre(cell) != (x, y):
+            raise ValueError(f"({x}, {y}) is not the centre of a {self.cell} px cell.")
+        return cell
 
 
 def geometry(image_size: int) -> Geometry:
-    """Sizes as fractions of the canvas. At 64 px: scene objects 12-15 px, an object counts as "top" or "left of"
-    another only 18 px clear of it, clip objects are 8 px and a mover travels 20 px (2.5 object widths) in total, so
-    motion is obvious between the first and the last frame."""
-    if not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
-        raise ValueError(f"image_size must be an int >= {MIN_IMAGE_SIZE} (shapes need room), got {image_size!r}.")
-    s = image_size
-    clip_size = round(0.125 * s)
-    largest, gap = round(0.24 * s), max(2, round(0.05 * s))
-    return Geometry(
-        image_size=s,
-        scene_sizes=(round(0.19 * s), largest),
-        clip_size=clip_size,
-        motion=round(0.32 * s),
-        gap=gap,
-        margin=max(1, round(0.03 * s)),
-        clear=largest + gap,
-        meet_offset=clip_size // 2,
-    )
+    """A GRID x GRID board filling the canvas. At 64 px: 16 px cells, exactly one patch of the tiny vision encoders
+    (16 px ViT patches; the tiny SVD's token grid is 4 x 4 too), 14 px objects, and a mover travels one cell."""
+    if not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE or image_size % GRID:
+        raise ValueError(
+            f"image_size must be an int >= {MIN_IMAGE_SIZE} and a multiple of {GRID} (a {GRID}x{GRID} board), "
+            f"got {image_size!r}."
+        )
+    cell = image_size // GRID
+    return Geometry(image_size=image_size, cell=cell, object_size=cell - 2)
+
+
+def board_cells() -> list[Cell]:
+    """Every cell, row by row."""
+    return [(column, row) for row in range(GRID) for column in range(GRID)]
+
+
+def on_board(cell: Cell) -> bool:
+    return 0 <= cell[0] < GRID and 0 <= cell[1] < GRID
+
+
+def neighbour(cell: Cell, direction: Direction) -> Cell:
+    dx, dy = DIRECTION_VECTORS[direction]
+    return cell[0] + dx, cell[1] + dy
 
 
 # === Descriptions ===
@@ -181,28 +201,6 @@ def object_box(x: int, y: int, size: int) -> Box:
     return x0, y0, x0 + size - 1, y0 + size - 1
 
 
-def union_box(a: Box, b: Box) -> Box:
-    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
-
-
-def boxes_clear(a: Box, b: Box, gap: int) -> bool:
-    """True when at least `gap` empty pixels separate the two boxes along x or along y."""
-    return a[2] + gap < b[0] or b[2] + gap < a[0] or a[3] + gap < b[1] or b[3] + gap < a[1]
-
-
-def box_inside(box: Box, image_size: int, margin: int) -> bool:
-    last = image_size - 1 - margin
-    return box[0] >= margin and box[1] >= margin and box[2] <= last and box[3] <= last
-
-
-def center_range(size: int, image_size: int, margin: int, reach: int = 0) -> tuple[int, int]:
-    """Inclusive range of centre coordinates that keep a `size`-wide object inside the canvas even after moving
-    `reach` pixels either way along that axis (empty when lo > hi)."""
-    lo = margin + size // 2 + reach
-    hi = image_size - 1 - margin - (size - 1 - size // 2) - reach
-    return lo, hi
-
-
 def straight_path(
     start: tuple[int, int], direction: Direction, distance: int, num_frames: int
 ) -> tuple[tuple[int, int], ...]:
@@ -214,12 +212,6 @@ def straight_path(
     steps = num_frames - 1
     offsets = [(2 * distance * t + steps) // (2 * steps) for t in range(num_frames)]
     return tuple((start[0] + dx * d, start[1] + dy * d) for d in offsets)
-
-
-def swept_box(x: int, y: int, size: int, direction: Direction, distance: int) -> Box:
-    """Every pixel the object covers while moving `distance` pixels from (x, y) in `direction`."""
-    dx, dy = DIRECTION_VECTORS[direction]
-    return union_box(object_box(x, y, size), object_box(x + dx * distance, y + dy * distance, size))
 
 
 # === Rendering ===
