@@ -14,7 +14,7 @@ import os
 import torch
 from PIL import Image
 
-from prismatic import load
+import prismatic  # `prismatic.load` resolves on first use, so `--help` imports no model code
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
-    vlm = load(args.model, hf_token=args.hf_token)
+    vlm = prismatic.load(args.model, hf_token=args.hf_token)
     vlm.to(args.device, dtype=getattr(torch, args.dtype))
     frames = [Image.open(path).convert("RGB") for path in args.image]
     prompt_builder = vlm.get_prompt_builder()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# train.sh: the paper's DyVA-7B training command (SPEC section 3), with every knob overridable from the environment.
+# train.sh: the paper's DyVA-7B training command (the README's), with every knob overridable from the environment.
 #
 #   bash train.sh                                  # DyVA-7B on 1 node x 8 GPUs, as the authors ran it
 #   LLM=qwen25-7b-chat MODEL_TYPE=dyva_siglip_qwen+7b MODEL_ID=dyva_siglip_qwen+7b RUN_ID=dyva-qwen bash train.sh

@@ -109,8 +109,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         config.dataset_root_dir, config.finetune_stage_components = root, (Path("finetune.json"), Path("images"))
         candidates = {}
         for name, transform in transforms.items():
-            dataset, collator = get_dataset_and_collator("finetune", config, transform, vlm.llm_backbone,
-                                                         vlm.num_visual_tokens, preflight=False)  # fmt: skip
+            tokenizer = vlm.llm_backbone.conversation_tokenizer()
+            dataset, collator = get_dataset_and_collator("finetune", config, transform, tokenizer, vlm.num_visual_tokens,
+                                                         preflight=False)  # fmt: skip
             what = "DyVA transforms at benchmark size" if name == "pipeline" else "SigLIP 224 px + SVD 448 px"
             candidates[name] = (f"{what}: {args.workers} workers, {batches} batches of {dims.batch_size}",
                                 loader_round(dataset, collator, dims.batch_size, args.workers, batches))  # fmt: skip

@@ -29,15 +29,14 @@ from benchmarks.harness import Comparison, argument_parser, measure, parse_setti
 from prismatic.models.backbones.vision.base_vision import PixelValues, collate_pixel_values
 from prismatic.models.vlms.splice import IGNORE_INDEX, next_token_targets, splice_visual_tokens
 from prismatic.training.batching import count_label_tokens, label_targets
-from prismatic.training.distributed import DistributedContext
 from prismatic.training.strategies import SingleDeviceStrategy
+from prismatic.util.distributed import DistributedContext
 
 NAME = "feature_cache"
 TITLE = "Feature cache: train step with cached features vs live encoders vs projector + LLM alone"
 
 try:  # the cache is a separate component; without it this benchmark reports itself skipped, saying why
-    from prismatic.preprocessing.cache_builder import BuildOptions, build_feature_cache
-    from prismatic.preprocessing.feature_cache import FeatureCache
+    from prismatic.preprocessing.feature_cache import BuildOptions, FeatureCache, build_feature_cache
 
     CACHE_IMPORT_ERROR: str | None = None
 except ImportError as error:  # pragma: no cover - depends on the checkout

@@ -44,17 +44,18 @@ from PIL import Image
 
 from benchmarks import harness
 from benchmarks.harness import Comparison, Measurement, measure, time_call
-from prismatic.conf.models import StageOptimization
+from prismatic.assembly import build_vlm
+from prismatic.conf.models import get_model_config
 from prismatic.models.backbones.vision.base_vision import collate_pixel_values, feature_key
-from prismatic.models.backbones.vision.svd_config import SVDEncoderConfig
+from prismatic.models.backbones.vision.svd_config import TINY_SVD_CONFIG, SVDEncoderConfig
 from prismatic.models.backbones.vision.svd_unet import SVDNoise
-from prismatic.models.materialize import TINY_SVD_CONFIG, build_vlm, get_vision_backbone_and_transform
-from prismatic.models.registry import ModelSpec
-from prismatic.models.vlms.splice import IGNORE_INDEX
+from prismatic.models.materialize import get_vision_backbone_and_transform
 from prismatic.models.vlms.visual_features import frozen_encoder_context, vision_features
-from prismatic.training.distributed import init_distributed, shutdown_distributed
-from prismatic.training.strategies import Precision, get_train_strategy
+from prismatic.training.options import StageOptimization
+from prismatic.training.strategies import get_train_strategy
 from prismatic.training.throughput import ThroughputMeter, device_peak_flops, flop_counter
+from prismatic.util.constants import IGNORE_INDEX
+from prismatic.util.distributed import init_distributed, shutdown_distributed
 
 NAME = "gpu_shapes"
 H200_MEASURED_MATMUL = 790e12  # bf16 dense matmul FLOP/s measured on H200s (the reference ceiling)
@@ -268,15 +269,16 @@ def train_part(section: Section, settings: Any, args: Any, deadline: float, ceil
     batches = args.train_batches or ([1, 2] if smoke else [8, 16, 32])
     live_batch = (1 if smoke else 8) if args.live_batch is None else args.live_batch
     llm_id = args.llm or ("tiny-qwen25" if smoke else "qwen25-1_5b-pure")
-    spec = ModelSpec("gpu-shapes-dyva", "tiny-siglip+svd" if smoke else "siglip+svd", llm_id, "no-align+dual",
-                     "DyVA-shaped: SigLIP + SVD (release), dual projector, a 1B-class Qwen2.5")  # fmt: skip
+    # DyVA-shaped: SigLIP + SVD (release), dual projector, a 1B-class Qwen2.5; bf16 params, fp32 masters.
+    model_cfg = get_model_config("dyva_siglip+tiny" if smoke else "dyva_siglip+7b")
+    model_cfg.model_id, model_cfg.llm_backbone_id, model_cfg.llm_max_length = "gpu-shapes-dyva", llm_id, args.seq_len
+    model_cfg.enable_mixed_precision_training, model_cfg.pure_bf16 = True, False
     owns_group = not torch.distributed.is_initialized()
     ctx = start_process_group(device)
     try:
         start = time.perf_counter()
         with torch.device(device):  # random init directly on the device (seconds on a GPU)
-            vlm = build_vlm(spec, load_weights=False, llm_max_length=args.seq_len)
-        vlm.freeze_backbones("finetune")
+            vlm = build_vlm(model_cfg, stage="finetune", load_weights=False)
         visual = vlm.num_visual_tokens
         seq_len = args.seq_len if not smoke else visual + 48
         text_len = seq_len - visual
@@ -285,10 +287,9 @@ def train_part(section: Section, settings: Any, args: Any, deadline: float, ceil
         optimization = StageOptimization(1, None, max(batches), max(batches), learning_rate=2e-5, weight_decay=0.0,
                                          max_grad_norm=1.0, lr_scheduler_type="linear-warmup+cosine-decay",
                                          warmup_ratio=0.03, train_strategy="fsdp-full-shard")  # fmt: skip
-        strategy = get_train_strategy("fsdp-full-shard", vlm, ctx, optimization, Precision(mixed=True, pure_bf16=False),
+        strategy = get_train_strategy("fsdp-full-shard", vlm, ctx, optimization, model_cfg.precision,
                                       enable_gradient_checkpointing=not args.no_activation_checkpointing,
-                                      total_steps=10_000,
-                                      image_transform=vlm.vision_backbone.get_image_transform())  # fmt: skip
+                                      total_steps=10_000)  # fmt: skip
         strategy.setup()
         harness.synchronize(device)
         build_s = time.perf_counter() - start

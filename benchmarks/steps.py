@@ -17,13 +17,13 @@ import torch.nn as nn
 
 from benchmarks.models import IMAGE_TOKEN_ID, BenchDims, svd_encoder_tokens
 from benchmarks.released_svd import ReleasedSVDFeatures
-from prismatic.conf.models import StageOptimization
 from prismatic.models.backbones.vision.base_vision import PixelValues
 from prismatic.models.vlms.prismatic import PrismaticVLM
-from prismatic.models.vlms.splice import IGNORE_INDEX
-from prismatic.training.distributed import DistributedContext
 from prismatic.training.optimizer import adamw, build_param_groups
-from prismatic.training.strategies import Precision, SingleDeviceStrategy
+from prismatic.training.options import Precision, StageOptimization
+from prismatic.training.strategies import SingleDeviceStrategy
+from prismatic.util.constants import IGNORE_INDEX
+from prismatic.util.distributed import DistributedContext
 
 LEARNING_RATE, WEIGHT_DECAY, MAX_GRAD_NORM = 2e-5, 0.1, 1.0
 HALF = torch.bfloat16
@@ -78,8 +78,11 @@ def optimization(dims: BenchDims) -> StageOptimization:
 
 def our_strategy(vlm: PrismaticVLM, dims: BenchDims, device: torch.device, dtype: str) -> SingleDeviceStrategy:
     ctx = DistributedContext(0, 1, 0, 1, device)
-    strategy = SingleDeviceStrategy(vlm, ctx, optimization(dims), precision_for(dtype), False, 10**6,
-                                    vlm.vision_backbone.get_image_transform())  # fmt: skip
+    precision = precision_for(dtype)
+    frozen_dtype = precision.vision_backbone_dtype(vision_trains=False)
+    if frozen_dtype is not None:  # as build_vlm casts a frozen encoder for training
+        vlm.vision_backbone.to(frozen_dtype)
+    strategy = SingleDeviceStrategy(vlm, ctx, optimization(dims), precision, False, 10**6)
     strategy.setup()
     return strategy
 

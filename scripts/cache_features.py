@@ -16,44 +16,34 @@ Entries are keyed by the content of the transformed pixels each encoder reads an
 one never reads stale features. Disk cost, and how to pick `--storage_dtype`: see the README ("Frozen-feature cache").
 """
 
-import importlib.util
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import draccus
 
-from prismatic.models.materialize import get_vision_backbone_and_transform
-from prismatic.models.vlms.prismatic import freeze_vision_backbone
+from prismatic.assembly import build_vision_backbone
+from prismatic.conf.pretrain import PretrainConfig
 from prismatic.overwatch import initialize_overwatch
-from prismatic.preprocessing.cache_builder import BuildOptions, BuildReport, build_feature_cache, image_groups
-from prismatic.preprocessing.feature_cache import STORAGE_DTYPE_NAMES, StorageDtype
+from prismatic.preprocessing.feature_cache import (
+    STORAGE_DTYPE_NAMES,
+    BuildOptions,
+    BuildReport,
+    StorageDtype,
+    build_feature_cache,
+    image_groups,
+)
 from prismatic.preprocessing.records import load_records
-from prismatic.training.distributed import init_distributed, shutdown_distributed
 from prismatic.training.rng import seed_everything
-from prismatic.training.strategies import Precision
+from prismatic.util.distributed import init_distributed, shutdown_distributed
 
 overwatch = initialize_overwatch(__name__)
-
-
-def _load_pretrain_script():
-    """scripts/pretrain.py as a module: its PretrainConfig is this script's base, so every training flag parses."""
-    path = Path(__file__).resolve().with_name("pretrain.py")
-    spec = importlib.util.spec_from_file_location("prismatic_pretrain_script", path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules[spec.name] = module  # type: ignore[union-attr]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-PretrainConfig = _load_pretrain_script().PretrainConfig
 
 
 @dataclass
 class CacheFeaturesConfig(PretrainConfig):
     # fmt: off
     # Which streams to cache ("vit", "svd"): default every stream of the vision backbone. E.g. --streams "[svd]"
-    # caches only the generative stream (SigLIP then runs live: under 1/10 of the encoder FLOPs, 37% of the disk).
+    # caches only the generative stream (SigLIP then runs live: under 1/10 of the encoder FLOPs, 37 percent of the disk).
     streams: tuple[str, ...] | None = None
     storage_dtype: StorageDtype = "auto"            # auto: the encoder's compute dtype (exact); float32/bfloat16/float16
     chunk_size: int = 256                           # entries per chunk file (the most an interruption can lose)
@@ -70,11 +60,13 @@ def validate(cfg: CacheFeaturesConfig) -> None:
         raise ValueError(f"--storage_dtype {cfg.storage_dtype!r} is invalid; valid: {list(STORAGE_DTYPE_NAMES)}.")
     if cfg.chunk_size < 1 or cfg.num_workers < 0:
         raise ValueError("--chunk_size must be >= 1 and --num_workers >= 0.")
-    json_file, _ = cfg.dataset.components(cfg.optim_stage)
-    if not json_file.is_file():
-        raise FileNotFoundError(
-            f"Dataset file {json_file} not found (--dataset.type {cfg.dataset.dataset_id}, --dataset.dataset_root_dir)."
+    if cfg.trainable_stage.trains_vision:
+        raise ValueError(
+            f"Stage {cfg.trainable_stage.value!r} trains vision modules of {cfg.model.vision_backbone_id!r}; only "
+            "frozen encoders can be cached. Pick a stage with frozen encoders (align, finetune)."
         )
+    if not cfg.dataset.prepares_itself:
+        cfg.check_dataset_file()
 
 
 def cache_features(cfg: CacheFeaturesConfig) -> BuildReport:
@@ -82,38 +74,32 @@ def cache_features(cfg: CacheFeaturesConfig) -> BuildReport:
     cfg.resolve()
     validate(cfg)
     ctx = init_distributed()
+    if cfg.dataset.prepares_itself:  # e.g. the demo world, generated on first use
+        if ctx.is_rank_zero:
+            cfg.dataset.prepare()
+        ctx.barrier()
+        cfg.check_dataset_file()
     seed_everything(cfg.seed, ctx.rank)  # as pretrain.py does before building: the same encoder weights
-    model_cfg = cfg.model
 
-    # The encoder exactly as training builds, freezes and casts it (pretrain.py + the strategy's precision).
-    backbone, transform = get_vision_backbone_and_transform(
-        model_cfg.vision_backbone_id,
-        model_cfg.image_resize_strategy,
-        num_frames=cfg.num_frames,
-        svd_config=model_cfg.svd_encoder_config(cfg.num_frames),
-        pretrained_path=model_cfg.vision_pretrained_path,
-    )
-    freeze_vision_backbone(backbone, cfg.trainable_stage)
+    # The encoders exactly as training builds, freezes and casts them (the one assembly path).
+    backbone = build_vision_backbone(cfg.model, cfg.stage)
     trainable = sorted({n.split(".")[0] for n, p in backbone.named_parameters() if p.requires_grad})
-    if trainable:
+    if trainable:  # e.g. the VAE-only ablation's conv stem, which trains in every stage
         raise ValueError(
-            f"Stage {cfg.trainable_stage!r} trains vision modules {trainable} of {model_cfg.vision_backbone_id!r}; "
-            "only frozen encoders can be cached. Pick a stage with frozen encoders (align, finetune)."
+            f"Stage {cfg.trainable_stage.value!r} trains vision modules {trainable} of "
+            f"{cfg.model.vision_backbone_id!r}; only frozen encoders can be cached. Pick a stage with frozen encoders "
+            "(align, finetune) or a backbone without trainable vision modules."
         )
-    precision = Precision(mixed=model_cfg.enable_mixed_precision_training, pure_bf16=model_cfg.pure_bf16)
-    dtype = precision.vision_backbone_dtype(vision_trains=False)
-    if dtype is not None:
-        backbone.to(dtype)
     backbone.to(ctx.device).train()  # the mode training runs it in (no encoder layer depends on it at p = 0)
-    if model_cfg.encoder_batching != "per-sample":
+    if cfg.model.encoder_batching != "per-sample":
         overwatch.warning("--model.encoder_batching batched: live misses will match cached features up to rounding only")
 
-    json_file, image_dir = cfg.dataset.components(cfg.optim_stage)
+    json_file, image_dir = cfg.dataset.components(cfg.stage)
     items = image_groups(load_records(json_file))
     options = BuildOptions(cfg.storage_dtype, cfg.chunk_size, cfg.num_workers, cfg.log_every_s)
     streams = list(cfg.streams) if cfg.streams is not None else None
-    report = build_feature_cache(items, image_dir, transform, backbone, Path(cfg.feature_cache_dir), ctx, streams,
-                                 options)  # fmt: skip
+    report = build_feature_cache(items, image_dir, backbone.get_image_transform(), backbone,
+                                 Path(cfg.feature_cache_dir), ctx, streams, options)  # fmt: skip
     shutdown_distributed()
     return report
 

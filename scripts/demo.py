@@ -34,7 +34,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prismatic.demo import MOTION_TYPES, SINGLE_TYPES, build_demo_dataset, chance_level, default_cache_dir
+from prismatic.demo import (
+    DEMO_WORLD_SIZES,
+    MOTION_TYPES,
+    SINGLE_TYPES,
+    build_demo_dataset,
+    chance_level,
+    default_cache_dir,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {"dyva": ("DyVA (SigLIP + SVD)", REPO / "configs/demo-dyva-tiny.yaml"),
@@ -173,10 +180,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "demo", help="run directories and reports")
     parser.add_argument("--data_dir", type=Path, default=None, help="demo data (default: the demo cache directory)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the configs')")
-    parser.add_argument("--train_scenes", type=int, default=1500)
-    parser.add_argument("--train_clips", type=int, default=1500)
-    parser.add_argument("--eval_scenes", type=int, default=300)
-    parser.add_argument("--eval_clips", type=int, default=450)
+    parser.add_argument("--train_scenes", type=int, default=DEMO_WORLD_SIZES["num_train_scenes"])
+    parser.add_argument("--train_clips", type=int, default=DEMO_WORLD_SIZES["num_train_clips"])
+    parser.add_argument("--eval_scenes", type=int, default=DEMO_WORLD_SIZES["num_eval_scenes"])
+    parser.add_argument("--eval_clips", type=int, default=DEMO_WORLD_SIZES["num_eval_clips"])
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--processes", type=int, default=2, help="processes at a time (one core each)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the demo world")

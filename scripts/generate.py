@@ -14,7 +14,7 @@ import shlex
 import torch
 from PIL import Image
 
-from prismatic import load
+import prismatic  # `prismatic.load` resolves on first use, so `--help` imports no model code
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--hf_token", default=os.environ.get("HF_TOKEN"))
     args = parser.parse_args()
 
-    vlm = load(args.model, hf_token=args.hf_token)
+    vlm = prismatic.load(args.model, hf_token=args.hf_token)
     vlm.to(args.device, dtype=getattr(torch, args.dtype))
     frames = [Image.open(p).convert("RGB") for p in args.image]
     builder = vlm.get_prompt_builder()

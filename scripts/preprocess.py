@@ -235,7 +235,7 @@ def check_stage(args: argparse.Namespace, stage: str, json_file: Path, image_dir
                 args.llm_backbone_id, llm_max_length=args.llm_max_length, inference_mode=True,
                 pretrained_path=args.llm_path,
             )
-        tokenizer = SampleTokenizer(llm, args.num_visual_tokens)
+        tokenizer = SampleTokenizer(llm.conversation_tokenizer(), args.num_visual_tokens)
     options = PreflightOptions(check_images=args.check_images, num_threads=args.num_threads,
                                progress_every=args.progress_every)
     record_kind = "caption" if stage == "align" else "conversation"

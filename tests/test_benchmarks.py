@@ -30,6 +30,7 @@ def out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("bench")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ORDER)
 def test_benchmark_smoke_run_writes_results(name: str, out_dir: Path) -> None:
     module = importlib.import_module(f"benchmarks.{name}")
@@ -59,6 +60,7 @@ def test_benchmark_smoke_run_writes_results(name: str, out_dir: Path) -> None:
     assert "Machine:" in markdown and "Dimensions:" in markdown
 
 
+@pytest.mark.slow
 def test_combined_results_name_the_machine_and_every_benchmark(out_dir: Path) -> None:
     assert set(ORDER) == set(BENCHMARKS)
     text = render_combined(out_dir, BENCHMARKS).read_text()
@@ -76,6 +78,7 @@ def test_candidates_alternate_and_goals_compare() -> None:
     assert Comparison("x", "d", 0.85, "<= 0.9").goal_met and not Comparison("x", "d", 3.9, ">= 4").goal_met
 
 
+@pytest.mark.slow
 def test_gpu_shapes_smoke_runs_each_part_in_its_own_process_and_merges(tmp_path: Path) -> None:
     """The GPU benchmark (`benchmarks/gpu_shapes.py`) in smoke mode: tiny registry ids on CPU, the same code paths
     (FSDP2 over gloo, world size 1). Each part runs as its own `python -m` process, as `benchmarks/gpu_run.sh` runs them

@@ -8,10 +8,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import gc
 import importlib.util
 import json
+import pickle
 import re
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import draccus
@@ -20,9 +21,12 @@ import pytest
 import torch
 from PIL import Image
 
+from prismatic.assembly import build_vlm
 from prismatic.conf.datasets import DatasetConfig, LLaVA_Custom_Config, LLaVA_SVD_Config, get_dataset_config
-from prismatic.models.backbones.llm.base_llm import IGNORE_INDEX, LLMBackbone
-from prismatic.models.materialize import build_vlm, get_llm_backbone_and_tokenizer, get_vision_backbone_and_transform
+from prismatic.conf.models import get_model_config
+from prismatic.models.backbones.llm.base_llm import LLMBackbone
+from prismatic.models.materialize import get_llm_backbone_and_tokenizer, get_vision_backbone_and_transform
+from prismatic.models.stages import Stage
 from prismatic.preprocessing.collator import PaddedCollator
 from prismatic.preprocessing.datasets import AlignDataset, FinetuneDataset
 from prismatic.preprocessing.materialize import get_dataset_and_collator
@@ -30,6 +34,7 @@ from prismatic.preprocessing.preflight import PreflightReport, run_preflight
 from prismatic.preprocessing.records import DatasetError, ProblemKind, load_records
 from prismatic.preprocessing.sampler import DistributedResumableSampler
 from prismatic.preprocessing.samples import SampleTokenizer
+from prismatic.util.constants import IGNORE_INDEX
 
 MAX_LEN = 320  # tiny DyVA has 144 visual tokens: image rows get 176 text tokens, text rows 320
 
@@ -90,7 +95,8 @@ def good_cfg(tmp_path_factory) -> LLaVA_Custom_Config:
 
 
 def build(cfg, vision, llm, stage="finetune", **kw):
-    return get_dataset_and_collator(stage, cfg, vision[1], llm, vision[0].num_visual_tokens, **kw)
+    return get_dataset_and_collator(stage, cfg, vision[1], llm.conversation_tokenizer(), vision[0].num_visual_tokens,
+                                    **kw)
 
 
 # === Configs ===
@@ -173,6 +179,26 @@ def test_collated_mixed_batch(good_cfg, vision, llama) -> None:
     assert left["padding_side"] == "left"
 
 
+def attach_zeros(pixels: dict) -> dict:  # stands in for FeatureCache.attach (module level: it must pickle)
+    return {**pixels, "features:siglip": torch.zeros(4, 8)}
+
+
+def test_stage_enum_attached_features_and_filler_row(good_cfg, vision, llama) -> None:
+    dataset, collator = build(good_cfg, vision, llama, stage=Stage.FINETUNE_UNET, attach_features=attach_zeros,
+                              fill_text_only_batches=True)
+    assert isinstance(dataset, FinetuneDataset) and "features:siglip" in dataset[0]["pixel_values"]
+    assert not any(isinstance(value, torch.nn.Module) for value in vars(dataset).values())  # no LLM in the dataset
+    restored = pickle.loads(pickle.dumps(dataset))  # what data-loader workers started with `spawn` receive
+    assert torch.equal(restored[6]["input_ids"], dataset[6]["input_ids"])
+    text_only = collator([dataset[8], dataset[9]])  # one masked dummy image row, carrying attached features too
+    assert text_only["filler_rows"] == 1 and text_only["has_image"].tolist() == [False, False, True]
+    assert text_only["pixel_values"]["features:siglip"].shape == (1, 4, 8)
+    assert (text_only["labels"][2] == IGNORE_INDEX).all()
+    assert collator([dataset[0], dataset[8]])["filler_rows"] == 0
+    with pytest.raises(ValueError, match="valid stages"):
+        build(good_cfg, vision, llama, stage="pretrain")
+
+
 def test_qwen_padding_equal_to_eos_is_masked_by_length(vision, qwen, tmp_path: Path) -> None:
     pad = qwen.pad_token_id
     assert pad == qwen.tokenizer.convert_tokens_to_ids("<|endoftext|>")
@@ -191,13 +217,14 @@ def test_qwen_padding_equal_to_eos_is_masked_by_length(vision, qwen, tmp_path: P
 
 @pytest.mark.parametrize("model_id", ["dyva_siglip+tiny", "dyva_siglip_qwen+tiny"])
 def test_forward_backward_on_mixed_batch(good_cfg, model_id: str) -> None:
-    vlm = build_vlm(model_id, llm_max_length=MAX_LEN)
+    vlm = build_vlm(replace(get_model_config(model_id), llm_max_length=MAX_LEN)).train()
     vlm.freeze_backbones("finetune")
     dataset, collator = get_dataset_and_collator(
-        "finetune", good_cfg, vlm.vision_backbone.get_image_transform(), vlm.llm_backbone, vlm.num_visual_tokens
+        "finetune", good_cfg, vlm.vision_backbone.get_image_transform(), vlm.llm_backbone.conversation_tokenizer(),
+        vlm.num_visual_tokens,
     )
     batch = collator([dataset[i] for i in (0, 8, 7, 6)])
-    output = vlm(**batch)
+    output = vlm(**{k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "labels", "has_image")})
     assert torch.isfinite(output.loss)
     assert output.logits.shape[1] == batch["input_ids"].shape[1] + vlm.num_visual_tokens
     output.loss.backward()
@@ -225,10 +252,8 @@ def test_sampler_determinism_and_rank_split() -> None:
     other = DistributedResumableSampler(lengths, num_replicas=4, rank=0, **kw)
     other.set_epoch(1)
     assert list(other) != first[0]
-    for grouping in ("random", "sequential"):
-        ranks = all_ranks(lengths, 4, grouping=grouping, **kw)
-        assert sorted(i for rank in ranks for i in rank) == list(range(192))
-    assert all_ranks(lengths, 2, grouping="sequential", **kw)[1][:3] == [1, 3, 5]
+    first_step = DistributedResumableSampler(lengths, **kw).epoch_batches(0)[0]
+    assert all_ranks(lengths, 2, **kw)[1][:3] == first_step[1::2][:3].tolist()  # rank r: positions r, r + W, ...
 
 
 def test_sampler_modality_purity_length_grouping_and_padding() -> None:
@@ -243,8 +268,11 @@ def test_sampler_modality_purity_length_grouping_and_padding() -> None:
     for b in batches:
         assert [lengths[i][1] for i in b] == sorted((lengths[i][1] for i in b), reverse=True)
     assert max(lengths[i][1] for i in batches[0]) == max(n for _, n in lengths)  # longest step first
-    dropped = DistributedResumableSampler(lengths, global_batch_size=16, seed=3, last_batch="drop")
-    assert dropped.steps_per_epoch == 12 and len(list(dropped)) == 192 and len(set(dropped)) == 192
+    # Checkpoints of earlier versions also saved the (since removed) order options, at the values this order uses.
+    sampler.advance(16)
+    resumed = DistributedResumableSampler(lengths, global_batch_size=16, seed=3)
+    resumed.load_state_dict({**sampler.state_dict(), "grouping": "modality-length", "last_batch": "pad"})
+    assert list(resumed) == list(sampler)
 
 
 @pytest.mark.parametrize("world", [1, 2])
@@ -315,7 +343,8 @@ def test_bad_sample_error_names_file_and_problem_and_skip_drops_it(tmp_path: Pat
     assert len(dataset) == 11 and dataset.preflight_report.counts() == {ProblemKind(KIND.get(case, case)): 1}
     text_row = {**record, "image": None} if case == "too-long" else None
     if text_row is not None:  # the same text without an image fits: the visual tokens are what overflow
-        assert SampleTokenizer(llama, 144).encode(text_row["conversations"], has_image=False)[0].ndim == 1
+        checker = SampleTokenizer(llama.conversation_tokenizer(), 144)
+        assert checker.encode(text_row["conversations"], has_image=False)[0].ndim == 1
 
 
 def test_preflight_counts_every_problem_and_prints_a_table(tmp_path: Path, llama) -> None:
@@ -326,7 +355,7 @@ def test_preflight_counts_every_problem_and_prints_a_table(tmp_path: Path, llama
     records.append({"id": "many", "image": [f"coco/{i}.png" for i in range(5)], "conversations": turns("<image>", "x")})
     write_dataset(tmp_path, records)
     report = run_preflight(load_records(tmp_path / "data.json"), tmp_path / "images", tmp_path / "data.json",
-                           tokenizer=SampleTokenizer(llama, 144), max_images=4)
+                           tokenizer=SampleTokenizer(llama.conversation_tokenizer(), 144), max_images=4)
     assert {k.value: n for k, n in report.counts().items()} == {
         "missing-image": 1, "corrupt-image": 2, "malformed-conversation": 1, "empty-conversation": 1, "too-long": 1,
         "too-many-images": 1}
@@ -354,6 +383,8 @@ def error_from_worker(dataset, index: int) -> str:
 def test_file_going_bad_mid_epoch(tmp_path: Path, vision, llama) -> None:
     cfg = write_dataset(tmp_path, good_records())
     strict, _ = build(cfg, vision, llama, preflight_cache=tmp_path / "preflight.json")
+    key = json.loads((tmp_path / "preflight.json").read_text())["key"]  # keys cached reports: must stay stable
+    assert (key["llm"], key["llm_max_length"], key["num_visual_tokens"]) == ("tiny-llama2", MAX_LEN, 144)
     lenient, _ = build(cfg, vision, llama, on_bad_sample="skip", preflight_cache=tmp_path / "preflight.json")
     (tmp_path / "images/coco/2.png").write_bytes(b"not a png any more")
     with pytest.raises(DatasetError, match=r"coco/2\.png.*corrupt-image.*on_bad_sample=skip"):

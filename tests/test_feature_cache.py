@@ -28,9 +28,15 @@ from prismatic.conf.models import get_model_config
 from prismatic.models.backbones.vision.base_vision import VisionBackbone, collate_pixel_values
 from prismatic.models.materialize import get_vision_backbone_and_transform
 from prismatic.models.vlms.prismatic import freeze_vision_backbone
-from prismatic.preprocessing.cache_builder import BuildOptions, build_feature_cache, image_groups
-from prismatic.preprocessing.feature_cache import FeatureCache, StreamIndex, to_storage
-from prismatic.training.distributed import DistributedContext
+from prismatic.preprocessing.feature_cache import (
+    BuildOptions,
+    FeatureCache,
+    StreamIndex,
+    build_feature_cache,
+    image_groups,
+    to_storage,
+)
+from prismatic.util.distributed import DistributedContext
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
@@ -273,7 +279,7 @@ def test_reads_are_views_of_memory_mapped_chunks(data_root: Path, tmp_path: Path
 
 # === 5. In the model: cached rows skip the encoders, mixed batches equal live ones bitwise ===
 def test_cached_and_live_rows_mix_bitwise_and_cached_rows_skip_the_encoders(data_root, tmp_path, monkeypatch):
-    from prismatic.models.materialize import build_vlm
+    from prismatic.assembly import build_vlm
 
     vlm = build_vlm("dyva_siglip+tiny")
     vlm.freeze_backbones("finetune")

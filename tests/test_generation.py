@@ -1,5 +1,6 @@
-"""Generation on tiny models (CPU): the SPEC section 3 snippet, batching, multi-frame input, sampling and stopping."""
+"""Generation on tiny models (CPU): the README inference snippet, batching, multi-frame input, sampling and stopping."""
 
+import copy
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -11,15 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from prismatic.models.materialize import build_vlm
-from prismatic.models.vlms.generation import (
-    GenerationOptions,
-    filter_logits,
-    generate_token_ids,
-    prefill,
-    prepare_pixel_values,
-    tokenize_prompts,
-)
+from prismatic.assembly import build_vlm
+from prismatic.models.vlms.generation import generate_token_ids, prepare_pixel_values, splice_prompts, tokenize_prompts
 
 
 def _image(seed: int, size: int = 64) -> Image.Image:
@@ -65,10 +59,11 @@ def qwen_vlm():
     return build_vlm("dyva_siglip_qwen+tiny")
 
 
-def test_spec_snippet_verbatim_in_bf16_on_cpu():
+def test_readme_snippet_verbatim_in_bf16_on_cpu():
     vlm = build_vlm("dyva_siglip+tiny")
+    vlm.train()  # generate must give the model back in the mode it found it in
     device, image = "cpu", _image(0)
-    # --- SPEC section 3, verbatim after `load` ---
+    # --- README "Inference", verbatim after `load` ---
     vlm.to(device, dtype=torch.bfloat16)
     prompt_builder = vlm.get_prompt_builder()
     prompt_builder.add_turn(role="human", message="What is in the image and what is going on?")
@@ -76,7 +71,7 @@ def test_spec_snippet_verbatim_in_bf16_on_cpu():
                         max_new_tokens=1024, min_length=1)  # fmt: skip
     # ---
     assert isinstance(text, str)
-    assert vlm.training  # a freshly built model is in train mode, and generate gives it back that way
+    assert vlm.training
     assert all(p.dtype == torch.bfloat16 for p in vlm.llm_backbone.parameters())
 
 
@@ -114,7 +109,9 @@ def test_multi_frame_changes_only_the_svd_stream_and_the_logits(llama_vlm):
         for images in (_image(6), [_image(6), _image(7), _image(8)]):
             pixel_values, has_image = prepare_pixel_values(vlm, [images], torch.device("cpu"))
             features.append(vlm.vision_backbone(pixel_values))
-            logits.append(prefill(vlm, ids, mask, pixel_values, has_image)[1].logits[:, -1])
+            spliced = splice_prompts(vlm, ids, mask, pixel_values, has_image)
+            output = vlm.llm_backbone(spliced.inputs_embeds, spliced.attention_mask, position_ids=spliced.position_ids)
+            logits.append(output.logits[:, -1])
     assert torch.equal(features[0]["vit"], features[1]["vit"])
     assert not torch.allclose(features[0]["svd"], features[1]["svd"])
     assert not torch.allclose(logits[0], logits[1])
@@ -209,13 +206,74 @@ def test_fallback_tokenizer_warns(llama_vlm):
         llama_vlm.llm_backbone.tokenizer_is_fallback = False
 
 
-def test_top_k_and_top_p_keep_the_right_tokens():
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+@contextmanager
+def _fixed_next_token_distribution(vlm, probs: dict[int, float]) -> Iterator[None]:
+    """Make every LLM step predict exactly `probs` (token id -> probability; every other token impossible)."""
 
-    def kept(**options) -> list[bool]:
-        return torch.isfinite(filter_logits(logits, GenerationOptions(do_sample=True, **options)))[0].tolist()
+    def hook(module, inputs, output):
+        logits = torch.full_like(output, float("-inf"))
+        for token_id, p in probs.items():
+            logits[..., token_id] = torch.log(torch.tensor(p))
+        return logits
 
-    assert kept(top_k=2) == [True, True, False, False]
-    assert kept(top_p=0.8) == [True, True, False, False]  # 0.5 + 0.3 reaches 0.8: the rest goes
-    assert kept(top_p=0.81) == [True, True, True, False]
-    assert kept(top_p=0.1) == [True, False, False, False]  # the top token always stays
+    handle = vlm.llm_backbone.llm.lm_head.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def test_temperature_top_k_and_top_p_keep_the_right_tokens(llama_vlm):
+    vlm, prompt = llama_vlm, _prompt(llama_vlm, "Pick.")
+    a, b, c, d = 100, 200, 300, 400
+
+    def drawn(rows: int = 64, **options) -> set[int]:
+        """The first new tokens of `rows` independent draws."""
+        ids = generate_token_ids(vlm, None, [prompt] * rows, do_sample=True, max_new_tokens=1, seed=0, **options)
+        return {row[0] for row in ids}
+
+    with _fixed_next_token_distribution(vlm, {a: 0.5, b: 0.3, c: 0.15, d: 0.05}):
+        assert drawn() == {a, b, c, d}
+        assert drawn(top_k=2) == {a, b}
+        assert drawn(top_p=0.8) == {a, b}  # 0.5 + 0.3 reaches 0.8: the rest goes
+        assert drawn(top_p=0.81) == {a, b, c}
+        assert drawn(top_p=0.1) == {a}  # the top token always stays
+        assert drawn(temperature=0.05) == {a}  # a cold distribution is (practically) greedy
+        assert drawn(top_k=3, top_p=0.95) == {a, b, c}
+    with _fixed_next_token_distribution(vlm, {1000 + i: 1 / 80 for i in range(80)}):
+        assert len(drawn(rows=160)) > 50  # nothing filtered unless asked (transformers' own default would be top_k=50)
+
+
+def test_sampling_without_a_seed_uses_the_global_rng(llama_vlm):
+    vlm, prompt = llama_vlm, _prompt(llama_vlm, "Describe it.")
+    options = dict(do_sample=True, max_new_tokens=6, min_length=6)
+    torch.manual_seed(5)
+    first = generate_token_ids(vlm, None, prompt, **options)
+    advanced = torch.get_rng_state()
+    torch.manual_seed(5)
+    assert generate_token_ids(vlm, None, prompt, **options) == first
+    assert not torch.equal(advanced, torch.manual_seed(5).get_state())
+
+
+def test_hub_generation_defaults_do_not_leak(llama_vlm):
+    vlm, prompt, image = llama_vlm, _prompt(llama_vlm, "Describe it."), _image(17)
+    calls = [dict(max_new_tokens=6), dict(do_sample=True, seed=6, max_new_tokens=6, min_length=6)]
+    expected = [generate_token_ids(vlm, image, prompt, **options) for options in calls]
+    clean = vlm.llm_backbone.llm.generation_config
+    hub = copy.deepcopy(clean)
+    hub.update(do_sample=True, temperature=0.01, top_k=1, top_p=0.1, repetition_penalty=1.5, max_length=3, min_length=2)
+    vlm.llm_backbone.llm.generation_config = hub
+    try:
+        got = [generate_token_ids(vlm, image, prompt, **options) for options in calls]
+    finally:
+        vlm.llm_backbone.llm.generation_config = clean
+    assert got == expected
+
+
+def test_greedy_ignores_sampling_options(llama_vlm):
+    vlm, prompt, image = llama_vlm, _prompt(llama_vlm, "Describe it."), _image(16)
+    greedy = generate_token_ids(vlm, image, prompt, max_new_tokens=6, min_length=6)
+    assert generate_token_ids(vlm, image, prompt, max_new_tokens=6, min_length=6, temperature=0.3, top_k=1,
+                              top_p=0.2, seed=3) == greedy  # fmt: skip
+    # and sampling with a one-token support is greedy too
+    assert generate_token_ids(vlm, image, prompt, max_new_tokens=6, min_length=6, do_sample=True, top_k=1) == greedy

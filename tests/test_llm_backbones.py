@@ -1,6 +1,10 @@
-"""LLM backbones on the real (packaged) vocabularies: tokenizers, prompt formats, training labels, loading paths."""
+"""LLM backbones on the real (packaged) vocabularies: tokenizers, prompt formats, training labels, loading paths,
+and the family traits that drive them."""
 
+import dataclasses
 import os
+import subprocess
+import sys
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -11,16 +15,19 @@ import torch
 from tiktoken.load import load_tiktoken_bpe
 from transformers import LlamaTokenizer
 
-from prismatic.models.backbones.llm.base_llm import IGNORE_INDEX, LLMBackbone, TokenizationError
-from prismatic.models.backbones.llm.loading import (
-    LLAMA_VOCAB_FILE,
-    QWEN2_PRETOKENIZE_REGEX,
-    QWEN_RANKS_FILE,
-    get_llm_backbone_and_tokenizer,
-    packaged_qwen_tokenizer,
-)
+from prismatic.models.backbones.llm.base_llm import LLMBackbone
+from prismatic.models.backbones.llm.conversation import ConversationTokenizer, TokenizationError
+from prismatic.models.backbones.llm.families import LLM_FAMILIES, get_family_traits
+from prismatic.models.backbones.llm.loading import get_llm_backbone_and_tokenizer
+from prismatic.models.backbones.llm.packaged import LLAMA_VOCAB_FILE, QWEN_RANKS_FILE, packaged_qwen_tokenizer
 from prismatic.models.backbones.llm.prompting import build_prompt_builder
-from prismatic.models.backbones.llm.registry import LLM_BACKBONES
+from prismatic.models.backbones.llm.registry import LLM_BACKBONES, LLMSpec
+from prismatic.util.constants import IGNORE_INDEX
+
+# The Qwen2 pre-tokenizer (the reference for tiktoken below): like GPT-4's, but digits split one by one.
+QWEN2_PRETOKENIZE_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
 
 QWEN_SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
 CONVERSATION = [
@@ -41,7 +48,7 @@ def qwen() -> LLMBackbone:
     return get_llm_backbone_and_tokenizer("tiny-qwen25")[0]
 
 
-def label_text(backbone: LLMBackbone, labels: torch.Tensor) -> str:
+def label_text(backbone: LLMBackbone | ConversationTokenizer, labels: torch.Tensor) -> str:
     return backbone.tokenizer.decode(labels[labels != IGNORE_INDEX].tolist())
 
 
@@ -185,9 +192,9 @@ def test_qwen_chat_labels(qwen: LLMBackbone) -> None:
     assert ids[0] == 151644  # <|im_start|>: Qwen has no BOS
 
 
-def test_qwen_base_learns_its_eos_although_it_is_the_pad_id(qwen: LLMBackbone) -> None:
-    spec = LLM_BACKBONES["qwen25-0_5b-pure"]
-    base = LLMBackbone("qwen25-0_5b-pure", spec, qwen.llm, packaged_qwen_tokenizer(), llm_max_length=2048)
+def test_qwen_base_learns_its_eos_although_it_is_the_pad_id() -> None:
+    spec = LLM_BACKBONES["qwen25-0_5b-pure"]  # no model needed: the conversation tokenizer is all training data uses
+    base = ConversationTokenizer.for_spec("qwen25-0_5b-pure", spec, packaged_qwen_tokenizer(), max_length=2048)
     ids, labels = base.tokenize_conversation(CONVERSATION[:2])
     assert labels[-1] == ids[-1] == base.pad_token_id == 151643  # pad must be tracked by masks, not by id
     assert label_text(base, labels) == "A rocket on a launch pad.<|endoftext|>"
@@ -207,12 +214,20 @@ def test_inference_prompt_is_the_training_prefix(name: str, request: pytest.Fixt
     assert backbone.tokenizer(builder.get_prompt()).input_ids == ids[:second_answer].tolist()
 
 
-def test_truncation_to_llm_max_length() -> None:
+def test_truncation_to_llm_max_length(llama: LLMBackbone) -> None:
     short, _ = get_llm_backbone_and_tokenizer("tiny-llama2", llm_max_length=14)
     ids, labels = short.tokenize_conversation(CONVERSATION)
     assert ids.numel() == labels.numel() == 14 and (labels != IGNORE_INDEX).any()
+    long_question = [{"from": "human", "value": "word " * 40}, {"from": "gpt", "value": "Yes."}]
     with pytest.raises(TokenizationError, match="No assistant token is left"):
-        short.tokenize_conversation([{"from": "human", "value": "word " * 40}, {"from": "gpt", "value": "Yes."}])
+        short.tokenize_conversation(long_question)
+    # The factory gives the same truncation without another model; `truncate=False` keeps every token.
+    tokenizer = llama.conversation_tokenizer(max_length=14)
+    assert tokenizer.max_length == 14 and llama.conversation_tokenizer().max_length == llama.llm_max_length
+    assert torch.equal(tokenizer.tokenize_conversation(CONVERSATION)[0], ids)
+    full, _ = tokenizer.tokenize_conversation(CONVERSATION, truncate=False)
+    assert torch.equal(full, llama.tokenize_conversation(CONVERSATION)[0]) and full.numel() > 14
+    assert tokenizer.tokenize_conversation(long_question, truncate=False)[0].numel() > 40
 
 
 def test_mismatches_raise(llama: LLMBackbone) -> None:
@@ -228,7 +243,7 @@ def test_mismatches_raise(llama: LLMBackbone) -> None:
     kwargs = LlamaTokenizer.convert_to_native_format(vocab_file=str(LLAMA_VOCAB_FILE), legacy=False)
     modern = LlamaTokenizer(**kwargs, add_bos_token=True)
     modern.add_special_tokens({"pad_token": "<PAD>"})
-    broken = LLMBackbone("tiny-llama2", llama.spec, llama.llm, modern)
+    broken = dataclasses.replace(llama.conversation_tokenizer(), tokenizer=modern)
     broken.tokenize_conversation(CONVERSATION[:2])  # single turn: no boundary after a special token
     with pytest.raises(TokenizationError, match="does not tokenize to the training prefix"):
         broken.tokenize_conversation(CONVERSATION)
@@ -238,7 +253,7 @@ def test_mismatches_raise(llama: LLMBackbone) -> None:
 @pytest.mark.parametrize("name", ["llama", "qwen"])
 def test_tiny_forward_backward(name: str, request: pytest.FixtureRequest) -> None:
     backbone: LLMBackbone = request.getfixturevalue(name)
-    assert backbone.embed_dim == 128 and backbone.half_precision_dtype == torch.bfloat16
+    assert backbone.embed_dim == 128
     assert backbone.llm.config._attn_implementation == "sdpa" and backbone.llm.config.use_cache is False
     assert isinstance(backbone.llm.model.layers[0], backbone.transformer_layer_cls)
     ids, labels = backbone.tokenize_conversation(CONVERSATION)
@@ -351,3 +366,31 @@ def test_registry_and_unknown_id() -> None:
     assert (config.hidden_size, config.intermediate_size, config.num_hidden_layers) == (5120, 13824, 40)
     with pytest.raises(ValueError, match=r"valid ids are: .*llama2-7b-pure.*qwen25-7b-chat"):
         get_llm_backbone_and_tokenizer("llama3-8b")
+
+
+# === Family traits ===
+def test_every_spec_points_at_its_family_traits() -> None:
+    for llm_id, spec in LLM_BACKBONES.items():
+        assert spec.traits is LLM_FAMILIES[spec.family], llm_id
+        assert spec.prompt_format in spec.traits.prompt_formats, llm_id
+    llama2, qwen25 = get_family_traits("llama2"), get_family_traits("qwen25")
+    assert llama2.stop_tokens("vicuna") == ("</s>",) and qwen25.stop_tokens("base") == ("<|endoftext|>",)
+    assert qwen25.stop_tokens("qwen-chat") == ("<|im_end|>", "<|endoftext|>")
+    assert (llama2.strip_turns, llama2.bos_on_first_turn, qwen25.strip_turns, qwen25.bos_on_first_turn) == (
+        True, True, False, False)
+    assert llama2.decoder_layer_cls.__name__ == "LlamaDecoderLayer"
+    assert qwen25.decoder_layer_cls.__name__ == "Qwen2DecoderLayer"
+    with pytest.raises(ValueError, match="does not fit the 'qwen25' family"):
+        LLMSpec(None, "qwen25", "vicuna", LLM_BACKBONES["tiny-qwen25"].config_factory, tiny=True)
+    with pytest.raises(ValueError, match="registered families are"):
+        get_family_traits("llama3")
+
+
+def test_registry_import_does_not_import_transformers() -> None:
+    """The config layer imports the registry for `--help`; transformers (seconds to import) must wait for a build."""
+    code = (
+        "import sys; import prismatic.models.backbones.llm.registry as r; import prismatic.preprocessing.records; "
+        "assert 'transformers' not in sys.modules, 'registry imported transformers'; "
+        "assert r.LLM_BACKBONES['tiny-qwen25'].build_config().eos_token_id == 151645"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,44 +1,28 @@
-"""`prismatic.load()`: the SPEC 3 inference snippet on a freshly trained tiny run, the authors' release layout, and
-every load error a user can hit."""
+"""`prismatic.load()`: the SPEC 3 inference snippet on a freshly trained tiny run (the session's shared `tiny_run_dir`,
+see conftest.py), the authors' release layout, and every load error a user can hit."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_RUN_FRAMES
 from PIL import Image
 from safetensors.torch import load_file
 
 from prismatic import available_model_ids, get_model_description, load
-from prismatic.demo.dataset import build_demo_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A short real training run of the tiny DyVA through scripts/pretrain.py (fp32, single process)."""
-    data = build_demo_dataset(tmp_path_factory.mktemp("demo"), num_train_scenes=24, num_train_clips=8,
-                              num_eval_scenes=4, num_eval_clips=4)  # fmt: skip
-    runs = tmp_path_factory.mktemp("runs")
-    args = [
-        sys.executable, str(REPO / "scripts" / "pretrain.py"), "--model.type", "dyva_siglip+tiny",
-        "--dataset.type", "llava-custom", "--dataset.dataset_root_dir", str(data.root),
-        "--dataset.finetune_stage_components", f"[{data.train_json.name}, .]", "--run_root_dir", str(runs),
-        "--run_id", "tiny", "--model.finetune_max_steps", "3", "--model.finetune_global_batch_size", "4",
-        "--model.finetune_per_device_batch_size", "4", "--model.finetune_train_strategy", "single",
-        "--model.enable_mixed_precision_training", "False", "--num_workers", "0", "--num_frames", "4",
-    ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return runs / "tiny"
+def run_dir(tiny_run_dir: Path) -> Path:
+    """The session's shared tiny DyVA run (trained once through scripts/pretrain.py: fp32, one process, 2 frame
+    slots; see conftest.py). Tests copy it before changing anything in it."""
+    return tiny_run_dir
 
 
 def _frames(n: int) -> list[Image.Image]:
@@ -59,7 +43,9 @@ def test_spec_inference_snippet_verbatim_on_a_trained_run(run_dir: Path) -> None
     # ---
     assert isinstance(text, str)
     assert not vlm.training and not any(p.requires_grad for p in vlm.parameters())
-    assert vlm.vision_backbone.generative.config.num_frames == 4  # the run's --num_frames survives the round trip
+    # The run's --num_frames (not the model's default of 8) survives the round trip.
+    assert json.loads((run_dir / "config.json").read_text())["num_frames"] == TINY_RUN_FRAMES != 8
+    assert vlm.vision_backbone.generative.config.num_frames == TINY_RUN_FRAMES
 
 
 def test_loaded_run_has_the_trained_weights(run_dir: Path) -> None:

@@ -1,4 +1,4 @@
-"""The training CLI without training: model configs generated from the registry, the SPEC 3 flags parsed verbatim,
+"""The training CLI without training: model configs generated from the registry, the README training command parsed verbatim,
 YAML configs with CLI overrides, validation that fails before any model is built, the hf_token contract, the optimizer
 groups and schedule, and train.sh. All fast (no subprocess launches torchrun here)."""
 
@@ -20,9 +20,10 @@ import pytest
 import torch
 
 from prismatic.conf.models import MODEL_CONFIGS, ModelConfig, get_model_config
+from prismatic.conf.pretrain import PretrainConfig
 from prismatic.models.backbones.vision.svd_config import DEFAULT_SVD_MODEL_ID
 from prismatic.models.registry import MODEL_ALIASES, MODEL_REGISTRY
-from prismatic.training.optimizer import UNET_LR_SCALE, build_param_groups, lr_multiplier
+from prismatic.training.optimizer import UNET_LR_SCALE, build_param_groups, lr_multiplier, scaled_lr_parameter_ids
 from prismatic.training.run_setup import resolve_hf_token, save_run_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def pretrain():
 
 
 def parse(pretrain, args: list[str]):
-    return draccus.parse(pretrain.PretrainConfig, args=args)
+    return draccus.parse(PretrainConfig, args=args)
 
 
 # === Model configs come from the registry ===
@@ -80,7 +81,7 @@ def test_spec_command_parses_verbatim_and_every_flag_means_what_it_says(pretrain
     assert (cfg.hf_token, cfg.run_id, cfg.run_root_dir, cfg.stage) == ("HF_TOKEN", "example", Path("runs"), "finetune")
     assert cfg.dataset.dataset_id == "llava-svd" and draccus.encode(cfg)["dataset"]["type"] == "llava_svd"
     assert (cfg.wandb_project, cfg.wandb_entity) == ("P", "E") and "wandb" in cfg.trackers
-    assert cfg.trainable_stage == "finetune" and cfg.optim_stage == "finetune"
+    assert cfg.trainable_stage == "finetune" and cfg.stage.recipe == "finetune"
 
 
 def test_num_frames_is_honoured(pretrain) -> None:
@@ -97,7 +98,7 @@ def test_yaml_configs_parse_validate_and_accept_overrides(pretrain, path: Path) 
     lines = path.read_text().splitlines()
     assert lines[0].startswith("# Run:") and "scripts/pretrain.py" in lines[0] and "--config_path" in lines[0]
     assert any(line.startswith("# Produces:") for line in lines[:5])
-    cfg = draccus.parse(pretrain.PretrainConfig, config_path=str(path), args=["--model.finetune_learning_rate", "3e-5"])
+    cfg = draccus.parse(PretrainConfig, config_path=str(path), args=["--model.finetune_learning_rate", "3e-5"])
     cfg.resolve()
     cfg.model.validate()
     assert cfg.model.finetune_learning_rate == 3e-5  # the CLI wins over the file
@@ -106,7 +107,7 @@ def test_yaml_configs_parse_validate_and_accept_overrides(pretrain, path: Path) 
 
 def test_paper_configs_hold_the_paper_recipe(pretrain) -> None:
     for name, model_type in (("dyva-7b", "dyva_siglip+7b"), ("dyva-qwen25-7b", "dyva_siglip_qwen+7b")):
-        cfg = draccus.parse(pretrain.PretrainConfig, config_path=str(REPO / "configs" / f"{name}.yaml"), args=[])
+        cfg = draccus.parse(PretrainConfig, config_path=str(REPO / "configs" / f"{name}.yaml"), args=[])
         model = cfg.model
         assert type(model) is MODEL_CONFIGS[model_type] and cfg.seed == 7 and cfg.num_frames == 8
         assert (model.finetune_global_batch_size, model.finetune_learning_rate, model.finetune_weight_decay) == (
@@ -135,8 +136,7 @@ def no_model_build(pretrain, monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("a model was built before validation failed")
 
-    monkeypatch.setattr(pretrain, "get_vision_backbone_and_transform", refuse)
-    monkeypatch.setattr(pretrain, "get_llm_backbone_and_tokenizer", refuse)
+    monkeypatch.setattr(pretrain, "build_vlm", refuse)
 
 
 @pytest.mark.parametrize(("overrides", "flag", "valid"), INVALID, ids=[f for _, f, _ in INVALID])
@@ -206,17 +206,16 @@ def test_saved_config_json_round_trips_to_the_model_config(tmp_path: Path, pretr
     saved = json.loads((tmp_path / "config.json").read_text())
     model = draccus.decode(ModelConfig, saved["model"])
     assert model == cfg.model and model.svd_encoder_config().num_frames == 2
-    reparsed = draccus.parse(pretrain.PretrainConfig, config_path=str(tmp_path / "config.yaml"), args=[])
+    reparsed = draccus.parse(PretrainConfig, config_path=str(tmp_path / "config.yaml"), args=[])
     assert reparsed.model == cfg.model and reparsed.num_frames == 2
 
 
 # === Optimizer groups and schedule ===
 def test_param_groups_no_decay_on_vectors_and_unet_lr_scale() -> None:
-    from prismatic.models.materialize import build_vlm
+    from prismatic.assembly import build_vlm
 
-    vlm = build_vlm("dyva_siglip+tiny")
-    vlm.freeze_backbones("finetune-unet")
-    groups = {g["name"]: g for g in build_param_groups(vlm, learning_rate=1e-4, weight_decay=0.1)}
+    vlm = build_vlm("dyva_siglip+tiny", stage="finetune-unet")
+    groups = {g["name"]: g for g in build_param_groups(vlm, 1e-4, 0.1, scaled_lr_parameter_ids(vlm))}
     assert set(groups) == {"decay", "no-decay", "decay+unet", "no-decay+unet"}
     unet_ids = {id(p) for p in vlm.vision_backbone.generative.unet.parameters()}
     for name, group in groups.items():
@@ -237,19 +236,20 @@ def test_lr_schedule_linear_warmup_then_cosine() -> None:
     assert lr_multiplier(50, "constant", total, warmup) == 1.0
 
 
+@pytest.mark.slow
 def test_unet_trainable_stage_gets_gradients(tmp_path: Path) -> None:
-    from prismatic.models.materialize import build_vlm
-    from prismatic.training.distributed import DistributedContext
-    from prismatic.training.strategies import Precision, SingleDeviceStrategy
+    from prismatic.assembly import build_vlm
+    from prismatic.training.strategies import SingleDeviceStrategy
+    from prismatic.util.distributed import DistributedContext
 
     torch.manual_seed(0)
-    vlm = build_vlm("dyva_siglip+tiny")
-    vlm.freeze_backbones("finetune-unet")
-    model_cfg = get_model_config("dyva-svd-unet+7b")
+    model_cfg = get_model_config("dyva_siglip+tiny")
+    model_cfg.enable_mixed_precision_training = True
+    vlm = build_vlm(model_cfg, stage="finetune-unet")
     ctx = DistributedContext(0, 1, 0, 1, torch.device("cpu"))
     transform = vlm.vision_backbone.get_image_transform()
-    strategy = SingleDeviceStrategy(vlm, ctx, model_cfg.optimization("finetune"), Precision(mixed=True), False, 4,
-                                    transform)  # fmt: skip
+    strategy = SingleDeviceStrategy(vlm, ctx, get_model_config("dyva-svd-unet+7b").optimization("finetune"),
+                                    model_cfg.precision, False, 4)  # fmt: skip
     strategy.setup()
     assert next(vlm.vision_backbone.generative.unet.parameters()).dtype == torch.float32  # trained: not cast to bf16
     grads: dict[str, float] = {}

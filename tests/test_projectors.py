@@ -111,13 +111,13 @@ def test_feature_norm_flag_reaches_the_model_from_its_config():
     """`--model.projector_feature_norm` is what pretrain.py and load() build from (old configs lack it: off)."""
     import draccus
 
+    from prismatic.assembly import build_vlm
     from prismatic.conf.models import ModelConfig, get_model_config
-    from prismatic.models.load import _build
 
     cfg = get_model_config("prism_siglip+tiny")
     assert cfg.projector_feature_norm is False
     cfg.projector_feature_norm = True
-    vlm = _build(cfg, None, None, load_llm_weights=False)
+    vlm = build_vlm(cfg, llm_weights=False)
     assert vlm.projector_feature_norm and "projector.norm.weight" in vlm.state_dict()
     encoded = draccus.encode(cfg)
     del encoded["projector_feature_norm"]  # a config.json written before the option existed

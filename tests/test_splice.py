@@ -1,4 +1,4 @@
-"""Visual-token placement (SPEC 2.5): after the first real token, masks and labels, text-only rows, left padding."""
+"""Visual-token placement (docs/model.md): after the first real token, masks and labels, text-only rows, left padding."""
 
 import torch
 

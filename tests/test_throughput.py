@@ -77,19 +77,19 @@ def test_peak_table_and_override(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def tiny_step(model_id: str, peak_flops: float | None):
+    from prismatic.assembly import build_vlm
     from prismatic.conf.models import get_model_config
-    from prismatic.models.materialize import build_vlm
     from prismatic.preprocessing.collator import PaddedCollator
-    from prismatic.training.distributed import DistributedContext
-    from prismatic.training.strategies import Precision, SingleDeviceStrategy
+    from prismatic.training.options import Precision
+    from prismatic.training.strategies import SingleDeviceStrategy
+    from prismatic.util.distributed import DistributedContext
 
     torch.manual_seed(0)
-    vlm = build_vlm(model_id)
-    vlm.freeze_backbones("finetune")
+    vlm = build_vlm(model_id, stage="finetune")
     transform = vlm.vision_backbone.get_image_transform()
     ctx = DistributedContext(0, 1, 0, 1, torch.device("cpu"))
     strategy = SingleDeviceStrategy(vlm, ctx, get_model_config(model_id).optimization("finetune"),
-                                    Precision(mixed=False), False, 10, transform)  # fmt: skip
+                                    Precision(mixed=False), False, 10)  # fmt: skip
     strategy.setup()
     meter = ThroughputMeter(vlm, ctx.device, peak_flops=peak_flops)
     conversation = [{"from": "human", "value": "What is it?"}, {"from": "gpt", "value": "A square."}]
@@ -147,6 +147,7 @@ def test_mfu_is_present_iff_a_peak_is_given() -> None:
     assert row["tflops_per_s"] == pytest.approx(row["flops_per_sample"] * 3 / 0.25 / 1e12)
 
 
+@pytest.mark.slow
 def test_pretrain_logs_throughput_keys_and_mfu_with_peak_flops(tmp_path: Path) -> None:
     (tmp_path / "data" / "images").mkdir(parents=True)
     records = []

@@ -1,4 +1,4 @@
-"""Training end to end on CPU: the SPEC 3 command under torchrun, FSDP2 = single process, exact resume, gradient
+"""Training end to end on CPU: the README training command under torchrun, FSDP2 = single process, exact resume, gradient
 accumulation, DDP and hybrid sharding, pure bf16, and a loss that goes down. Tiny models (`dyva_siglip+tiny` with 2 SVD
 frame slots, `prism_siglip+tiny` for in-process checks) on a generated LLaVA-format dataset with image and text-only
 rows; runs go through `scripts/pretrain.py` as a user would launch them (plain python, torchrun, two torchrun "nodes").
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
+from helpers import losses, metric, run_pretrain, small_run_args, write_llava_dataset
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ PRETRAIN = REPO / "scripts" / "pretrain.py"
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 SECRET = "hf_NOT_A_REAL_TOKEN_1234567890"
 
-# SPEC section 3, verbatim except `--nproc-per-node 2` and `--standalone` (a free rendezvous port).
+# The README training command, verbatim except `--nproc-per-node 2` and `--standalone` (a free rendezvous port).
 SPEC_COMMAND = """torchrun --nnodes 1 --nproc-per-node 2 --standalone scripts/pretrain.py --model.type "dyva_siglip" \
   --model.model_id "dyva_siglip" --model.arch_specifier "no-align+dual" \
   --model.llm_backbone_id "llama2-7b-pure" --model.llm_max_length 2048 \
@@ -35,59 +35,6 @@ SPEC_COMMAND = """torchrun --nnodes 1 --nproc-per-node 2 --standalone scripts/pr
   --model.finetune_per_device_batch_size 1 --num_frames 8 --model.finetune_learning_rate 1e-5 \
   --hf_token HF_TOKEN --run_id "example" --run_root_dir "runs" --dataset.type "llava_svd" \
   --wandb_project P --wandb_entity E --stage "finetune\""""
-
-COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 230, 20)}
-
-
-def write_llava_dataset(
-    root: Path, num_images: int = 12, num_text: int = 4, json_name: str = "finetune.json", image_prefix: str = ""
-) -> Path:
-    """LLaVA-format finetune data: colour questions on solid images (answers of varied length) + text-only rows.
-    Images go to `root/images/`; the JSON names them `image_prefix + "<i>.png"`."""
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    records = []
-    for i in range(num_images):
-        name = list(COLORS)[i % len(COLORS)]
-        Image.new("RGB", (32, 32), COLORS[name]).save(root / "images" / f"{i}.png")
-        answer = f"The image is {name}." + " It is a plain square." * (i % 3)
-        turns = [{"from": "human", "value": "<image>\nWhat color is the image?"}, {"from": "gpt", "value": answer}]
-        records.append({"id": f"img-{i}", "image": f"{image_prefix}{i}.png", "conversations": turns})
-    for i in range(num_text):
-        turns = [{"from": "human", "value": f"What is {i} plus {i}?"}, {"from": "gpt", "value": f"{i} + {i} = {2 * i}."}]
-        records.append({"id": f"text-{i}", "conversations": turns})
-    (root / json_name).write_text(json.dumps(records))
-    return root
-
-
-def data_args(data_root: Path) -> list[str]:
-    components = "[finetune.json, images]"
-    return ["--dataset.type", "llava-custom", "--dataset.dataset_root_dir", str(data_root),
-            "--dataset.finetune_stage_components", components]  # fmt: skip
-
-
-def small_run_args(data_root: Path, run_root: Path, run_id: str, steps: int, *extra: str) -> list[str]:
-    """A tiny fp32 DyVA run (2 SVD frame slots): global batch 4 (16 samples = 4 steps per epoch), checkpoints every 3
-    steps."""
-    flags = (
-        f"--model.type dyva_siglip+tiny --num_frames 2 --run_id {run_id} --model.finetune_max_steps {steps} "
-        "--model.finetune_global_batch_size 4 --model.finetune_per_device_batch_size 2 --num_workers 0 "
-        "--save_interval 3"
-    )
-    return [*shlex.split(flags), *data_args(data_root), "--run_root_dir", str(run_root), *extra]
-
-
-def run_pretrain(args: list[str], nproc: int | None = None, env: dict[str, str] | None = None, timeout: int = 300):
-    """Launch scripts/pretrain.py as a user would: plain python, or torchrun with `nproc` processes."""
-    if nproc is None:
-        command = [sys.executable, str(PRETRAIN), *args]
-    else:
-        command = [str(TORCHRUN), "--standalone", "--nnodes", "1", "--nproc-per-node", str(nproc), str(PRETRAIN), *args]
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **(env or {})}
-    result = subprocess.run(command, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0:
-        raise AssertionError(f"{shlex.join(command)} failed ({result.returncode}):\n{result.stderr[-6000:]}")
-    return result
-
 
 def run_pretrain_two_nodes(args: list[str], timeout: int = 300) -> None:
     """Two torchrun agents of one process each, meeting at a c10d rendezvous: a 2-node job on one machine."""
@@ -105,16 +52,6 @@ def run_pretrain_two_nodes(args: list[str], timeout: int = 300) -> None:
             raise AssertionError(f"{shlex.join(command)} failed ({node.returncode}):\n{error[-6000:]}")
 
 
-def metric(run_dir: Path, key: str = "loss") -> list[float]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [row["step"] for row in rows] == list(range(1, len(rows) + 1))
-    return [row[key] for row in rows]
-
-
-def losses(run_dir: Path) -> list[float]:
-    return metric(run_dir, "loss")
-
-
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_llava_dataset(tmp_path_factory.mktemp("llava"))
@@ -125,7 +62,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("runs")
 
 
-# === 1. The SPEC command under torchrun, tiny backbones swapped in ===
+# === 1. The README training command under torchrun, tiny backbones swapped in ===
 @pytest.mark.slow
 def test_spec_command_trains_under_torchrun_and_writes_a_complete_run_dir(tmp_path: Path) -> None:
     # `--dataset.type llava_svd` reads <root>/LLaVA-FT/llava_v1_5_mix665k.json with images under <root>/LLaVA-FT/.
@@ -240,7 +177,7 @@ def test_resume_fsdp2_two_processes(data_root: Path, runs: Path, fsdp_full: Path
 @pytest.mark.slow
 def test_resume_auto_ignores_partial_checkpoints(data_root: Path, runs: Path, single_full: Path, tmp_path: Path) -> None:
     from prismatic.training.checkpointing import CheckpointManager
-    from prismatic.training.distributed import DistributedContext
+    from prismatic.util.distributed import DistributedContext
 
     run_dir = tmp_path / "run"
     shutil.copytree(single_full, run_dir)
@@ -263,33 +200,36 @@ def _load_pretrain_module():
     return module
 
 
-def _tiny_strategy(data_root: Path, global_batch: int, per_device: int, precision=None):
+def _tiny_strategy(data_root: Path, global_batch: int, per_device: int, pure_bf16: bool = False):
+    from prismatic.assembly import build_vlm
     from prismatic.conf.datasets import get_dataset_config
     from prismatic.conf.models import get_model_config
-    from prismatic.models.materialize import build_vlm
     from prismatic.preprocessing.materialize import get_dataset_and_collator
-    from prismatic.training.distributed import DistributedContext
-    from prismatic.training.strategies import Precision, SingleDeviceStrategy
+    from prismatic.training.strategies import get_train_strategy
+    from prismatic.util.distributed import DistributedContext
 
     torch.manual_seed(0)
-    vlm = build_vlm("prism_siglip+tiny")
-    vlm.freeze_backbones("finetune")
+    model_cfg = get_model_config("prism_siglip+tiny")
+    model_cfg.finetune_global_batch_size, model_cfg.finetune_per_device_batch_size = global_batch, per_device
+    model_cfg.enable_mixed_precision_training = model_cfg.pure_bf16 = pure_bf16
+    vlm = build_vlm(model_cfg, stage="finetune")
     dataset_cfg = get_dataset_config("llava-custom")
     dataset_cfg.dataset_root_dir, dataset_cfg.finetune_stage_components = (
         data_root,
         (Path("finetune.json"), Path("images")),
     )
-    transform = vlm.vision_backbone.get_image_transform()
     dataset, collator = get_dataset_and_collator(
-        "finetune", dataset_cfg, transform, vlm.llm_backbone, vlm.num_visual_tokens
+        "finetune", dataset_cfg, vlm.vision_backbone.get_image_transform(), vlm.llm_backbone.conversation_tokenizer(),
+        vlm.num_visual_tokens, fill_text_only_batches=True,
     )
-    model_cfg = get_model_config("prism_siglip+tiny")
-    model_cfg.finetune_global_batch_size, model_cfg.finetune_per_device_batch_size = global_batch, per_device
     ctx = DistributedContext(0, 1, 0, 1, torch.device("cpu"))
-    precision = precision or Precision(mixed=False)
-    strategy = SingleDeviceStrategy(vlm, ctx, model_cfg.optimization("finetune"), precision, False, 10, transform)
+    strategy = get_train_strategy("single", vlm, ctx, model_cfg.optimization("finetune"), model_cfg.precision, False, 10)
     strategy.setup()
     return strategy, dataset, collator
+
+
+def _trainable(strategy) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(n, p) for n, p in strategy.vlm.named_parameters() if p.requires_grad]
 
 
 def test_gradient_accumulation_matches_one_big_batch(data_root: Path) -> None:
@@ -302,16 +242,16 @@ def test_gradient_accumulation_matches_one_big_batch(data_root: Path) -> None:
         for group in strategy.optimizer.param_groups:
             group["eps"] = 1e-2
         batches = [collator([dataset[i] for i in indices[j : j + micro]]) for j in range(0, 4, micro)]
-        before = {n: p.detach().clone() for n, p in strategy.trainable_named_parameters()}
+        before = {n: p.detach().clone() for n, p in _trainable(strategy)}
         captured: dict[str, torch.Tensor] = {}
 
         def capture(optimizer, args, kwargs, _captured=captured, _strategy=strategy) -> None:
-            _captured.update({n: p.grad.clone() for n, p in _strategy.trainable_named_parameters()})
+            _captured.update({n: p.grad.clone() for n, p in _trainable(_strategy)})
 
         strategy.optimizer.register_step_pre_hook(capture)
         results.append(strategy.train_step(batches))
         grads.append(captured)
-        updates.append({n: p.detach() - before[n] for n, p in strategy.trainable_named_parameters()})
+        updates.append({n: p.detach() - before[n] for n, p in _trainable(strategy)})
 
     assert results[0].label_tokens == results[1].label_tokens
     assert abs(results[0].loss - results[1].loss) < 1e-6
@@ -328,9 +268,7 @@ def test_gradient_accumulation_matches_one_big_batch(data_root: Path) -> None:
 
 
 def test_pure_bf16_keeps_weights_and_optimizer_state_in_bf16(data_root: Path) -> None:
-    from prismatic.training.strategies import Precision
-
-    strategy, dataset, collator = _tiny_strategy(data_root, 2, 2, Precision(mixed=True, pure_bf16=True))
+    strategy, dataset, collator = _tiny_strategy(data_root, 2, 2, pure_bf16=True)
     result = strategy.train_step([collator([dataset[0], dataset[13]])])
     assert math.isfinite(result.loss) and not result.skipped
     assert all(p.dtype == torch.bfloat16 for p in strategy.vlm.parameters())

@@ -1,12 +1,16 @@
 """The assembled VLM: tiny DyVA forward/backward, freezing per stage, mixed batches, multi-frame input, 7B builds."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from PIL import Image
 
+from prismatic.assembly import build_vlm
+from prismatic.conf.models import get_model_config
 from prismatic.models.backbones.vision.base_vision import collate_pixel_values
-from prismatic.models.materialize import build_vlm, get_vision_backbone_and_transform
-from prismatic.models.registry import MODEL_REGISTRY, ModelSpec, resolve_model_id
+from prismatic.models.materialize import get_vision_backbone_and_transform
+from prismatic.models.registry import MODEL_REGISTRY, resolve_model_id
 
 
 def _image(seed: int, size: int = 64) -> Image.Image:
@@ -99,7 +103,9 @@ def test_unet_stage_sends_gradients_into_the_unet_down_path():
 
 
 def test_vae_only_stem_trains_in_finetune():
-    vlm = build_vlm(ModelSpec("vae-tiny", "tiny-vae-only", "tiny-llama2", "no-align+fused-gelu-mlp", "tiny VAE-only"))
+    cfg = replace(get_model_config("dyva_siglip+tiny"), model_id="vae-tiny", vision_backbone_id="tiny-vae-only",
+                  arch_specifier="no-align+fused-gelu-mlp")  # fmt: skip
+    vlm = build_vlm(cfg)
     vlm.freeze_backbones("finetune")
     vlm(**_batch(vlm, [CONV], [_image(9)])).loss.backward()
     stem = [p for n, p in vlm.vision_backbone.named_parameters() if ".stem." in f".{n}"]
@@ -144,7 +150,7 @@ def test_user_errors_say_what_to_do():
     with pytest.raises(ValueError, match=r"convert\('RGB'\)"):
         transform(_image(0).convert("L"))
     with pytest.raises(ValueError, match="valid forms are"):
-        build_vlm(ModelSpec("x", "tiny-siglip+svd", "tiny-llama2", "dual", "bad arch specifier"))
+        build_vlm(replace(get_model_config("dyva_siglip+tiny"), model_id="x", arch_specifier="dual"))
     too_many = [_image(i) for i in range(9)]
     with pytest.raises(ValueError, match="9"):
         transform(too_many)

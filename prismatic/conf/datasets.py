@@ -9,19 +9,21 @@ Registered ids:
 - `llava-v15`: the same two files in prismatic-vlms' folder names (`download/...`, the 558k file as `chat.json`).
 - `llava-custom`: any LLaVA-format JSON and image folder; set both with `--dataset.finetune_stage_components` (and
   `--dataset.align_stage_components` for an align stage).
+- `demo-world`: the train split of the embedded dynamics world of `make demo` (in the demo cache directory, see
+  `prismatic.demo.default_cache_dir`), generated on first use by `prepare()` (deterministic, about a minute).
 
 `scripts/preprocess.py --help` shows the expected trees and builds them from local downloads.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from draccus import ChoiceRegistry
 
-DatasetStage = Literal["align", "finetune"]
+from prismatic.demo.dataset import DEMO_WORLD_SIZES, build_demo_dataset, default_cache_dir
+from prismatic.models.stages import Stage
 
 # LLaVA-1.5's file names, as published (liuhaotian/LLaVA-Pretrain and liuhaotian/LLaVA-Instruct-150K).
 LLAVA_ALIGN_JSON = "blip_laion_cc_sbu_558k.json"
@@ -39,9 +41,18 @@ class DatasetConfig(ChoiceRegistry):
     # Root that the components are resolved against.
     dataset_root_dir: Path
 
-    def components(self, stage: DatasetStage) -> tuple[Path, Path]:
+    @property
+    def prepares_itself(self) -> bool:
+        """Whether `prepare()` creates the data (so a missing file before it is no error)."""
+        return False
+
+    def prepare(self) -> None:
+        """Create the data where it is generated rather than downloaded (call on one process; others wait)."""
+
+    def components(self, stage: Stage | str) -> tuple[Path, Path]:
         """The resolved (json_file, image_dir) of a stage; every stage but `align` reads the finetune components."""
-        json_file, image_dir = self.align_stage_components if stage == "align" else self.finetune_stage_components
+        is_align = Stage(stage).recipe is Stage.ALIGN
+        json_file, image_dir = self.align_stage_components if is_align else self.finetune_stage_components
         return Path(self.dataset_root_dir) / json_file, Path(self.dataset_root_dir) / image_dir
 
 
@@ -93,11 +104,30 @@ class LLaVA_Custom_Config(DatasetConfig):
     dataset_root_dir: Path = Path("data")
 
 
+@dataclass
+class DemoWorldConfig(DatasetConfig):
+    """The embedded dynamics world (single-image scenes and 2-4 frame motion clips), generated on first use."""
+
+    dataset_id: str = "demo-world"
+    # The demo world has conversations only (no caption data): an align stage reads them too.
+    align_stage_components: tuple[Path, Path] = (Path("train.json"), Path("."))
+    finetune_stage_components: tuple[Path, Path] = (Path("train.json"), Path("."))
+    dataset_root_dir: Path = field(default_factory=default_cache_dir)
+
+    @property
+    def prepares_itself(self) -> bool:
+        return True
+
+    def prepare(self) -> None:
+        build_demo_dataset(self.dataset_root_dir, **DEMO_WORLD_SIZES)  # reuses an existing build of the same world
+
+
 DATASET_CONFIGS: dict[str, type[DatasetConfig]] = {
     "llava-svd": LLaVA_SVD_Config,
     "llava_svd": LLaVA_SVD_Underscore_Config,
     "llava-v15": LLaVa_V15_Config,
     "llava-custom": LLaVA_Custom_Config,
+    "demo-world": DemoWorldConfig,
 }
 
 for _name, _cls in DATASET_CONFIGS.items():

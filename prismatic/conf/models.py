@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, make_dataclass, replace
-from typing import Literal, get_args
+from typing import get_args
 
+import draccus
 from draccus import ChoiceRegistry
 
 from prismatic.models.backbones.llm.registry import LLM_BACKBONES
@@ -27,6 +28,7 @@ from prismatic.models.backbones.vision.registry import (
 )
 from prismatic.models.backbones.vision.svd_config import (
     DEFAULT_SVD_MODEL_ID,
+    TINY_SVD_CONFIG,
     FeatureTap,
     KeyframePlacement,
     SVDEncoderConfig,
@@ -34,34 +36,22 @@ from prismatic.models.backbones.vision.svd_config import (
 )
 from prismatic.models.projectors import ArchSpecifier
 from prismatic.models.registry import MODEL_ALIASES, MODEL_REGISTRY, ModelSpec
-from prismatic.models.vlms.prismatic import STAGES, Stage
+from prismatic.models.stages import Stage
 from prismatic.models.vlms.visual_features import ENCODER_BATCHINGS, EncoderBatching
+from prismatic.training.options import (
+    LR_SCHEDULER_TYPES,
+    TRAIN_STRATEGIES,
+    LRSchedulerType,
+    Precision,
+    StageOptimization,
+    TrainStrategy,
+)
 
-TrainStrategy = Literal["fsdp-full-shard", "fsdp-shard-grad-op", "fsdp-hybrid-shard", "ddp", "single"]
-TRAIN_STRATEGIES: tuple[str, ...] = get_args(TrainStrategy)
-LRSchedulerType = Literal["linear-warmup+cosine-decay", "constant"]
-LR_SCHEDULER_TYPES: tuple[str, ...] = get_args(LRSchedulerType)
-OptimStage = Literal["align", "finetune"]
 DEFAULT_MODEL_TYPE = "dyva_siglip+7b"
 
-# The SVD image size of tiny generative encoders (random components built from config objects, see materialize.py).
-TINY_SVD_IMAGE_SIZE = 64
-
-
-@dataclass(frozen=True)
-class StageOptimization:
-    """The optimisation fields of one stage, read from a `ModelConfig` by `ModelConfig.optimization(stage)`."""
-
-    epochs: int
-    max_steps: int | None
-    global_batch_size: int
-    per_device_batch_size: int
-    learning_rate: float
-    weight_decay: float
-    max_grad_norm: float
-    lr_scheduler_type: LRSchedulerType
-    warmup_ratio: float
-    train_strategy: TrainStrategy
+# Stages are written to config.yaml / config.json by their CLI spelling ("finetune"), which is what draccus decodes
+# (its default for enums is the member name).
+draccus.encode.register(Stage, lambda stage, declared_type=None: stage.value)
 
 
 @dataclass
@@ -76,7 +66,7 @@ class ModelConfig(ChoiceRegistry):
     image_resize_strategy: str = "resize-naive"
     llm_max_length: int = 2048
     # The trainable set that `--stage finetune` uses: "finetune" (projector + LLM), or a U-Net ablation's set.
-    finetune_stage: Stage = "finetune"
+    finetune_stage: Stage = Stage.FINETUNE
     # Local directories instead of the hub (offline machines): the static vision encoder and the LLM.
     vision_pretrained_path: str | None = None
     llm_pretrained_path: str | None = None
@@ -103,7 +93,7 @@ class ModelConfig(ChoiceRegistry):
     align_warmup_ratio: float = 0.03
     align_train_strategy: TrainStrategy = "fsdp-shard-grad-op"
 
-    # === Finetune stages (SPEC 2.7: the paper's recipe) ===
+    # === Finetune stages (the paper's recipe, docs/model.md) ===
     finetune_epochs: int = 1
     finetune_max_steps: int | None = None
     finetune_global_batch_size: int = 128
@@ -130,15 +120,26 @@ class ModelConfig(ChoiceRegistry):
         return DEFAULT_MODEL_TYPE
 
     # === Derived values ===
-    def optimization(self, stage: OptimStage) -> StageOptimization:
-        """The `align_*` or `finetune_*` fields as one object."""
-        return StageOptimization(**{f: getattr(self, f"{stage}_{f}") for f in StageOptimization.__dataclass_fields__})
+    def optimization(self, stage: Stage | str) -> StageOptimization:
+        """The `align_*` fields (align stage) or `finetune_*` fields (every other stage) as one object."""
+        prefix = Stage(stage).recipe.value
+        return StageOptimization(**{f: getattr(self, f"{prefix}_{f}") for f in StageOptimization.__dataclass_fields__})
+
+    @property
+    def precision(self) -> Precision:
+        return Precision(mixed=self.enable_mixed_precision_training, pure_bf16=self.pure_bf16,
+                         reduce_in_full_precision=self.reduce_in_full_precision)  # fmt: skip
+
+    def trainable_stage(self, stage: Stage | str) -> Stage:
+        """What trains in `stage`: `finetune` means this model's own finetune set (e.g. a U-Net ablation's)."""
+        stage = Stage(stage)
+        return Stage(self.finetune_stage) if stage is Stage.FINETUNE else stage
 
     def svd_encoder_config(self, num_frames: int | None = None) -> SVDEncoderConfig:
         """The generative encoder's config. Tiny backbones use random components at 64 px whatever `svd_model_id`
         says (there is no tiny checkpoint); `num_frames` (when given) overrides `svd_num_frames`."""
         if VISION_BACKBONES[resolve_vision_backbone_id(self.vision_backbone_id)].tiny:
-            base = SVDEncoderConfig(model_id=None, image_size=TINY_SVD_IMAGE_SIZE)
+            base = TINY_SVD_CONFIG
         else:
             base = SVDEncoderConfig(model_id=self.svd_model_id, variant=self.svd_variant)
         return replace(
@@ -156,7 +157,7 @@ class ModelConfig(ChoiceRegistry):
         _check_choice("vision_backbone_id", self.vision_backbone_id, [*VISION_BACKBONES, *VISION_BACKBONE_ALIASES])
         _check_choice("llm_backbone_id", self.llm_backbone_id, list(LLM_BACKBONES))
         _check_choice("image_resize_strategy", self.image_resize_strategy, list(IMAGE_RESIZE_STRATEGIES))
-        _check_choice("finetune_stage", self.finetune_stage, list(STAGES))
+        _check_choice("finetune_stage", self.finetune_stage, [s.value for s in Stage])
         _check_choice("svd_mode", self.svd_mode, list(get_args(SVDMode)))
         _check_choice("svd_tap", self.svd_tap, list(get_args(FeatureTap)))
         _check_choice("encoder_batching", self.encoder_batching, list(ENCODER_BATCHINGS))
@@ -172,10 +173,10 @@ class ModelConfig(ChoiceRegistry):
             raise ValueError(
                 f"--model.svd_sigma_index={self.svd_sigma_index} must lie in [0, {SVDEncoderConfig.schedule_steps})."
             )
-        for stage in get_args(OptimStage):
+        for stage in (Stage.ALIGN, Stage.FINETUNE):
             self._validate_optimization(stage)
 
-    def _validate_optimization(self, stage: OptimStage) -> None:
+    def _validate_optimization(self, stage: Stage) -> None:
         opt = self.optimization(stage)
         _check_choice(f"{stage}_train_strategy", opt.train_strategy, list(TRAIN_STRATEGIES))
         _check_choice(f"{stage}_lr_scheduler_type", opt.lr_scheduler_type, list(LR_SCHEDULER_TYPES))

@@ -7,7 +7,14 @@ two objects met), written as LLaVA-format splits. docs/demo.md says how it is bu
     paths.train_json, paths.eval_single_json, paths.eval_motion_json, paths.image_dir
 """
 
-from prismatic.demo.dataset import DEMO_SPLITS, DemoPaths, DemoSplit, build_demo_dataset, default_cache_dir
+from prismatic.demo.dataset import (
+    DEMO_SPLITS,
+    DEMO_WORLD_SIZES,
+    DemoPaths,
+    DemoSplit,
+    build_demo_dataset,
+    default_cache_dir,
+)
 from prismatic.demo.questions import (
     ANSWERS,
     MOTION_TYPES,
@@ -22,6 +29,7 @@ from prismatic.demo.world import Clip, ClipObject, Scene, WorldObject, render, s
 __all__ = [
     "ANSWERS",
     "DEMO_SPLITS",
+    "DEMO_WORLD_SIZES",
     "MOTION_TYPES",
     "QUESTION_TYPES",
     "SINGLE_TYPES",

@@ -44,6 +44,7 @@ from prismatic.demo.questions import (
 )
 from prismatic.demo.world import Description, Scene, geometry, render
 from prismatic.overwatch import initialize_overwatch
+from prismatic.util.io import write_text_atomic
 
 overwatch = initialize_overwatch(__name__)
 
@@ -89,6 +90,15 @@ class DemoPaths:
     @property
     def eval_motion_json(self) -> Path:
         return self.split("eval-motion")
+
+
+# The demo world `make demo` trains and scores on (scripts/demo.py's defaults; also the `demo-world` dataset config).
+DEMO_WORLD_SIZES: dict[str, int] = {
+    "num_train_scenes": 1500,
+    "num_train_clips": 1500,
+    "num_eval_scenes": 300,
+    "num_eval_clips": 450,
+}
 
 
 def default_cache_dir() -> Path:
@@ -198,9 +208,7 @@ def _write_json(path: Path, data: Any) -> None:
         text = "[\n" + ",\n".join(json.dumps(r, ensure_ascii=False, sort_keys=False) for r in data) + "\n]\n"
     else:
         text = json.dumps(data, indent=2) + "\n"
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def _arguments(

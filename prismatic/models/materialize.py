@@ -1,29 +1,34 @@
 """Factories that build the pieces of a VLM from registry ids (the names prismatic-vlms users know).
 
-`get_vision_backbone_and_transform`, `get_llm_backbone_and_tokenizer` and `get_vlm` are the building blocks that
-`scripts/pretrain.py` calls top to bottom; `build_vlm` chains them for a registered model id (used by `load()` and by
-tests that build 7B models on the `meta` device).
+`get_vision_backbone_and_transform`, `get_llm_backbone_and_tokenizer` and `get_vlm` are the building blocks; the one
+path that assembles a whole VLM from a model config (pieces, freezing, casts) is `prismatic.assembly.build_vlm`.
+The backbone modules (timm, diffusers, transformers) are imported when a piece is built, not when this module is, so
+scripts and their `--help` start in well under a second.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
-from prismatic.models.backbones.llm.loading import get_llm_backbone_and_tokenizer
 from prismatic.models.backbones.vision.base_vision import ImageTransform, VisionBackbone, check_resize_strategy
-from prismatic.models.backbones.vision.dual import DualStreamBackbone
 from prismatic.models.backbones.vision.registry import VISION_BACKBONES, resolve_vision_backbone_id
-from prismatic.models.backbones.vision.svd import SVDGenerativeEncoder, VAEOnlyBackbone
-from prismatic.models.backbones.vision.svd_config import SVDEncoderConfig
-from prismatic.models.backbones.vision.timm_vit import build_static_backbone
+from prismatic.models.backbones.vision.svd_config import TINY_SVD_CONFIG, SVDEncoderConfig
 from prismatic.models.projectors import ArchSpecifier
-from prismatic.models.registry import ModelSpec, get_model_spec
-from prismatic.models.vlms.prismatic import PrismaticVLM
+from prismatic.models.vlms.visual_features import EncoderBatching
 
-__all__ = ["build_vlm", "get_llm_backbone_and_tokenizer", "get_vision_backbone_and_transform", "get_vlm"]
+if TYPE_CHECKING:
+    from prismatic.models.backbones.llm.base_llm import LLMBackbone
+    from prismatic.models.vlms.prismatic import PrismaticVLM
 
-# Tiny generative encoders: random components at 64 px (see svd_components.build_tiny_svd_components).
-TINY_SVD_CONFIG = SVDEncoderConfig(model_id=None, image_size=64)
+__all__ = ["get_llm_backbone_and_tokenizer", "get_vision_backbone_and_transform", "get_vlm"]
+
+
+def get_llm_backbone_and_tokenizer(llm_backbone_id: str, **kwargs: Any) -> tuple[LLMBackbone, Any]:
+    """The registered LLM and its tokenizer (see `prismatic.models.backbones.llm.loading` for the arguments)."""
+    from prismatic.models.backbones.llm.loading import get_llm_backbone_and_tokenizer as load_llm_backbone
+
+    return load_llm_backbone(llm_backbone_id, **kwargs)
 
 
 def get_vision_backbone_and_transform(
@@ -40,6 +45,10 @@ def get_vision_backbone_and_transform(
     `tiny-*` ids); `num_frames`, when given, overrides its T. `pretrained_path` points the static encoder at a local
     directory instead of the hub. `load_weights=False` builds the architecture only (e.g. on the `meta` device).
     """
+    from prismatic.models.backbones.vision.dual import DualStreamBackbone
+    from prismatic.models.backbones.vision.svd import SVDGenerativeEncoder, VAEOnlyBackbone
+    from prismatic.models.backbones.vision.timm_vit import build_static_backbone
+
     vision_backbone_id = resolve_vision_backbone_id(vision_backbone_id)
     check_resize_strategy(image_resize_strategy)
     spec = VISION_BACKBONES[vision_backbone_id]
@@ -69,46 +78,12 @@ def get_vlm(
     arch_specifier: str,
     vision_backbone: VisionBackbone,
     llm_backbone,
-    enable_mixed_precision_training: bool = True,
     projector_feature_norm: bool = False,
+    encoder_batching: EncoderBatching = "per-sample",
 ) -> PrismaticVLM:
-    """Assemble a VLM (the projector is created here, sized to the backbones; `projector_feature_norm` adds a LayerNorm
-    per visual stream before its MLP). Precision is applied by the strategy; the flag is kept for prismatic-vlms
-    compatibility and recorded on the model."""
-    vlm = PrismaticVLM(model_id, vision_backbone, llm_backbone, ArchSpecifier.parse(arch_specifier),
-                       projector_feature_norm=projector_feature_norm)  # fmt: skip
-    vlm.enable_mixed_precision_training = enable_mixed_precision_training
-    return vlm
+    """Assemble a VLM; the projector is created here, sized to the backbones (`projector_feature_norm` adds a
+    LayerNorm per visual stream before its MLP)."""
+    from prismatic.models.vlms.prismatic import PrismaticVLM
 
-
-def build_vlm(
-    model: str | ModelSpec,
-    load_weights: bool = True,
-    hf_token: str | None = None,
-    llm_max_length: int = 2048,
-    svd_config: SVDEncoderConfig | None = None,
-    vision_pretrained_path: str | None = None,
-    llm_pretrained_path: str | None = None,
-) -> PrismaticVLM:
-    """Build a registered model end to end. With `load_weights=False` nothing is downloaded or read from disk except
-    packaged tokenizer vocabularies, so a 7B model builds under `with torch.device("meta"):`."""
-    spec = model if isinstance(model, ModelSpec) else get_model_spec(model)
-    if svd_config is None and VISION_BACKBONES[resolve_vision_backbone_id(spec.vision_backbone_id)].generative:
-        tiny = VISION_BACKBONES[resolve_vision_backbone_id(spec.vision_backbone_id)].tiny
-        svd_config = replace(TINY_SVD_CONFIG if tiny else SVDEncoderConfig(), mode=spec.svd_mode, tap=spec.tap)
-    vision_backbone, _ = get_vision_backbone_and_transform(
-        spec.vision_backbone_id,
-        spec.image_resize_strategy,
-        num_frames=spec.num_frames,
-        svd_config=svd_config,
-        pretrained_path=vision_pretrained_path,
-        load_weights=load_weights,
-    )
-    llm_backbone, _ = get_llm_backbone_and_tokenizer(
-        spec.llm_backbone_id,
-        llm_max_length=llm_max_length,
-        hf_token=hf_token,
-        inference_mode=not load_weights,
-        pretrained_path=llm_pretrained_path,
-    )
-    return get_vlm(spec.model_id, spec.arch_specifier, vision_backbone, llm_backbone)
+    return PrismaticVLM(model_id, vision_backbone, llm_backbone, ArchSpecifier.parse(arch_specifier),
+                        projector_feature_norm=projector_feature_norm, encoder_batching=encoder_batching)  # fmt: skip

@@ -2,7 +2,7 @@
 
 An `arch_specifier` such as `no-align+dual` is parsed once into an `ArchSpecifier` (stage prefix + projector kind);
 everything downstream uses the typed value. Single-stream projectors (`linear`, `gelu-mlp`, `fused-gelu-mlp`) take the
-one stream of a single-stream backbone. `dual` is the released DyVA projector (SPEC 2.4): per stream
+one stream of a single-stream backbone. `dual` is the released DyVA projector (docs/model.md): per stream
 Linear(C, 4C) -> GELU -> Linear(4C, d) -> GELU, the two sequences concatenated in the backbone's stream order (static
 first), then ONE shared Linear(d, d). Attribute names match the released checkpoint keys (`projector_base`,
 `svd_projector_base`, `final_projection`) so the authors' weights load after stripping torch.compile's `_orig_mod.`.

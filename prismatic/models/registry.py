@@ -1,7 +1,7 @@
 """The model registry: every named VLM (paper models, baselines, ablations, tiny twins) and its recipe.
 
 A model id fixes the vision backbone, the LLM, the arch specifier (stage prefix + projector) and the generative
-encoder's options. The authors' spellings resolve through `MODEL_ALIASES` (SPEC 2.9). Training configs (`conf/`) and
+encoder's options. The authors' spellings resolve through `MODEL_ALIASES`. Training configs (`conf/`) and
 `load()` read from here; this is the one place to add a model.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prismatic.models.backbones.vision.svd_config import FeatureTap, SVDMode
-from prismatic.models.vlms.prismatic import Stage
+from prismatic.models.stages import Stage
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class ModelSpec:
     num_frames: int = 8
     svd_mode: SVDMode = "release"
     tap: FeatureTap = "pre-mid"
-    stage: Stage = "finetune"  # the finetune stage's trainable set (the U-Net ablations unfreeze the U-Net)
+    stage: Stage = Stage.FINETUNE  # the finetune stage's trainable set (the U-Net ablations unfreeze the U-Net)
     paper_reference: str = ""
 
 
@@ -56,12 +56,12 @@ _SPECS: list[ModelSpec] = [
           arch_specifier=_SVD_ONLY, paper_reference="Table 3"),
     # --- Training ablations ---
     _dyva("dyva-svd-unet+7b", "svd", "SVD-only with a trainable U-Net (lr x 0.2), after alignment.",
-          arch_specifier="align+fused-gelu-mlp", stage="finetune-unet", paper_reference="Table 3 'U-Net Trainable'"),
+          arch_specifier="align+fused-gelu-mlp", stage=Stage.FINETUNE_UNET, paper_reference="Table 3 'U-Net Trainable'"),
     _dyva("dyva-svd-unet-vae+7b", "svd", "SVD-only with trainable U-Net and VAE, after alignment.",
-          arch_specifier="align+fused-gelu-mlp", stage="finetune-unet-vae",
+          arch_specifier="align+fused-gelu-mlp", stage=Stage.FINETUNE_UNET_VAE,
           paper_reference="Table 3 'U-Net & VAE Trainable'"),
     _dyva("dyva_siglip-unet+7b", "siglip+svd", "SigLIP + SVD with a trainable U-Net, after alignment.",
-          arch_specifier="align+dual", stage="finetune-unet", paper_reference="Table 3 'U-Net Trainable'"),
+          arch_specifier="align+dual", stage=Stage.FINETUNE_UNET, paper_reference="Table 3 'U-Net Trainable'"),
     *(_dyva(f"dyva-svd-f{t}+7b", "svd", f"SVD-only with {t} frame slot(s), two stages.", num_frames=t,
             arch_specifier="align+fused-gelu-mlp", paper_reference="Table 5") for t in (1, 4, 8, 14)),
     _dyva("dyva-svd-postmid+7b", "svd", "SVD-only, features tapped after the mid block.", tap="post-mid",

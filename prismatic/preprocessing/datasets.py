@@ -4,21 +4,21 @@ An item is `{"input_ids": LongTensor[L], "labels": LongTensor[L], "pixel_values"
 - `image` absent: a text-only row (`pixel_values` None); a path: one image; a list of paths: a multi-image row whose
   K images all go to the vision transform (the static encoder sees image 1, the SVD stream gets all K in its frame
   slots). `<image>` placeholders are dropped from the text: the VLM splices the visual tokens after token 0.
-- Tokenization is the LLM's own (`LLMBackbone.tokenize_conversation`): labels are -100 except assistant tokens.
-  Image rows must fit `llm_max_length` together with their visual tokens.
+- Tokenization is the LLM's own (its `ConversationTokenizer`): labels are -100 except assistant tokens. Image rows
+  must fit `llm_max_length` together with their visual tokens.
 
 Bad samples found at load time (a file deleted or corrupted after the preflight) follow `on_bad_sample`: `error`
 raises a `DatasetError` naming the file and the problem; `skip` substitutes the next good sample (deterministic, so a
 resumed run sees the same data) and counts it in `substitutions`, logging each one.
 
-With `feature_cache` set (a `FeatureCache`, by `scripts/pretrain.py --feature_cache_dir`), image items also carry the
-cached encoder outputs of their pixels under `features:<stream>`; the pixels stay, for streams that miss.
+With `attach_features` (e.g. `FeatureCache.attach`, for `scripts/pretrain.py --feature_cache_dir`), image items also
+carry the cached encoder outputs of their pixels under `features:<stream>`; the pixels stay, for streams that miss.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -26,10 +26,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from prismatic.models.backbones.llm.base_llm import LLMBackbone
+from prismatic.models.backbones.llm.conversation import ConversationTokenizer
 from prismatic.models.backbones.vision.base_vision import ImageTransform, PixelValues
 from prismatic.overwatch import initialize_overwatch
-from prismatic.preprocessing.feature_cache import FeatureCache
 from prismatic.preprocessing.preflight import PreflightReport
 from prismatic.preprocessing.records import (
     BadSamplePolicy,
@@ -64,20 +63,20 @@ class LLaVADataset(Dataset[DatasetItem]):
     """
 
     record_kind: RecordKind = "conversation"
-    feature_cache: FeatureCache | None = None  # cached frozen-encoder features to attach to image items
 
     def __init__(
         self,
         records: Sequence[Any],
         image_dir: Path,
         image_transform: ImageTransform,
-        llm_backbone: LLMBackbone,
+        tokenizer: ConversationTokenizer,
         num_visual_tokens: int,
         source: Path,
         on_bad_sample: BadSamplePolicy = "error",
         max_images: int | None = None,
         truncate_long_samples: bool = False,
         source_indices: Sequence[int] | None = None,
+        attach_features: Callable[[PixelValues], PixelValues] | None = None,
     ) -> None:
         super().__init__()
         if not records:
@@ -86,7 +85,8 @@ class LLaVADataset(Dataset[DatasetItem]):
         self.image_transform = image_transform
         self.on_bad_sample = check_policy(on_bad_sample)
         self.max_images = max_images
-        self.tokenizer = SampleTokenizer(llm_backbone, num_visual_tokens, truncate_long_samples=truncate_long_samples)
+        self.attach_features = attach_features  # cached frozen-encoder features for image items
+        self.tokenizer = SampleTokenizer(tokenizer, num_visual_tokens, truncate_long_samples=truncate_long_samples)
         self.source_indices = list(source_indices) if source_indices is not None else list(range(len(records)))
         if len(self.source_indices) != len(records):
             raise ValueError(f"Got {len(self.source_indices)} source indices for {len(records)} records.")
@@ -171,8 +171,8 @@ class LLaVADataset(Dataset[DatasetItem]):
         pixel_values = None
         if images:
             pixel_values = self.image_transform(images[0] if len(images) == 1 else images)
-            if self.feature_cache is not None:
-                pixel_values = self.feature_cache.attach(pixel_values)
+            if self.attach_features is not None:
+                pixel_values = self.attach_features(pixel_values)
         return {"input_ids": input_ids, "labels": labels, "pixel_values": pixel_values}  # type: ignore[typeddict-item]
 
     def _open(self, index: int, record: Any, relpath: str) -> Image.Image:

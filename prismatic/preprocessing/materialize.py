@@ -1,7 +1,8 @@
 """Build the training dataset and collator for a stage: read the JSON, run the preflight, apply the policy.
 
 `get_dataset_and_collator` is what `scripts/pretrain.py` calls. The align stage reads the dataset config's align
-components into an `AlignDataset`; every other stage reads the finetune components into a `FinetuneDataset`.
+components into an `AlignDataset`; every other stage (`Stage.recipe` is FINETUNE) reads the finetune components into a
+`FinetuneDataset`. It needs the LLM's `ConversationTokenizer` (`llm_backbone.conversation_tokenizer()`), not the LLM.
 
 Under torch.distributed every rank preflights its own shard of the samples and the reports are gathered, so the
 pass costs 1/W of the time and every rank drops the same samples. With `preflight_cache`, the report is saved (by rank
@@ -10,18 +11,19 @@ pass costs 1/W of the time and every rank drops the same samples. With `prefligh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
 
 from prismatic.conf.datasets import DatasetConfig
-from prismatic.models.backbones.llm.base_llm import LLMBackbone
-from prismatic.models.backbones.vision.base_vision import ImageTransform
-from prismatic.models.vlms.prismatic import STAGES
+from prismatic.models.backbones.llm.conversation import ConversationTokenizer
+from prismatic.models.backbones.vision.base_vision import ImageTransform, PixelValues
+from prismatic.models.stages import Stage, parse_stage
 from prismatic.models.vlms.splice import PaddingSide
 from prismatic.overwatch import initialize_overwatch
-from prismatic.preprocessing.collator import PaddedCollator
+from prismatic.preprocessing.collator import PaddedCollator, filler_pixel_values
 from prismatic.preprocessing.datasets import AlignDataset, FinetuneDataset, LLaVADataset
 from prismatic.preprocessing.preflight import (
     PreflightOptions,
@@ -73,7 +75,7 @@ def preflight_dataset(
     image_dir: Path,
     json_path: Path,
     dataset_cls: type[LLaVADataset],
-    tokenizer: SampleTokenizer | None,
+    tokenizer: SampleTokenizer,
     max_images: int | None,
     check_images: ImageCheck = "load",
     preflight_cache: Path | None = None,
@@ -85,10 +87,10 @@ def preflight_dataset(
         json_path,
         image_dir=str(Path(image_dir).resolve()),
         record_kind=dataset_cls.record_kind,
-        llm=None if tokenizer is None else tokenizer.llm_backbone.identifier,
-        llm_max_length=None if tokenizer is None else tokenizer.llm_max_length,
-        num_visual_tokens=None if tokenizer is None else tokenizer.num_visual_tokens,
-        truncate_long_samples=None if tokenizer is None else tokenizer.truncate_long_samples,
+        llm=tokenizer.conversation.identifier,  # the LLM registry id
+        llm_max_length=tokenizer.llm_max_length,
+        num_visual_tokens=tokenizer.num_visual_tokens,
+        truncate_long_samples=tokenizer.truncate_long_samples,
         max_images=max_images,
         check_images=check_images,
     )
@@ -109,14 +111,16 @@ def preflight_dataset(
 
 
 def get_dataset_and_collator(
-    stage: str,
+    stage: Stage | str,
     dataset_cfg: DatasetConfig,
     image_transform: ImageTransform,
-    llm_backbone: LLMBackbone,
+    tokenizer: ConversationTokenizer,
     num_visual_tokens: int,
     padding_side: PaddingSide = "right",
     on_bad_sample: BadSamplePolicy = "error",
     *,
+    attach_features: Callable[[PixelValues], PixelValues] | None = None,
+    fill_text_only_batches: bool = False,
     max_images: int | None = None,
     truncate_long_samples: bool = False,
     preflight: bool = True,
@@ -124,19 +128,21 @@ def get_dataset_and_collator(
     preflight_cache: Path | None = None,
     num_threads: int | None = None,
 ) -> tuple[LLaVADataset, PaddedCollator]:
-    """Dataset + collator for `stage` (`align` -> captions; every other stage -> conversations).
+    """Dataset + collator for `stage` (align -> captions; every other stage -> conversations).
 
-    `num_visual_tokens` is the VLM's (`vlm.num_visual_tokens`): image rows must fit `llm_max_length` with them.
-    `max_images` defaults to the transform's frame slots. `on_bad_sample` applies to the preflight (error: raise a
-    `DatasetError` naming the files and problems; skip: drop, count and log them) and to files that go bad later.
-    `truncate_long_samples` cuts over-long samples to fit (as the released recipe did) instead of treating them
-    as bad. `preflight=False` skips the pass (bad samples then surface one at a time during training).
+    `tokenizer` is the LLM's (`llm_backbone.conversation_tokenizer()`); its `max_length` is the sequence budget, which
+    image rows must fit together with the VLM's `num_visual_tokens`. `max_images` defaults to the transform's frame
+    slots. `on_bad_sample` applies to the preflight (error: raise a `DatasetError` naming the files and problems;
+    skip: drop, count and log them) and to files that go bad later. `truncate_long_samples` cuts over-long samples to
+    fit (as the released recipe did) instead of treating them as bad. `preflight=False` skips the pass (bad samples
+    then surface one at a time during training). `attach_features` (e.g. `FeatureCache.attach`) adds cached encoder
+    features to every image item. `fill_text_only_batches` (training) gives a batch without any image row one masked
+    dummy image row, so every rank runs the vision path (see `prismatic.preprocessing.collator`).
     """
-    if stage not in STAGES:
-        raise ValueError(f"Unknown stage {stage!r}; valid stages are {list(STAGES)}.")
+    stage = parse_stage(stage)
     on_bad_sample = check_policy(on_bad_sample)
-    dataset_cls: type[LLaVADataset] = AlignDataset if stage == "align" else FinetuneDataset
-    json_path, image_dir = dataset_cfg.components("align" if stage == "align" else "finetune")
+    dataset_cls: type[LLaVADataset] = AlignDataset if stage.recipe is Stage.ALIGN else FinetuneDataset
+    json_path, image_dir = dataset_cfg.components(stage.recipe)
     if max_images is None:
         max_images = infer_max_images(image_transform)
 
@@ -146,33 +152,40 @@ def get_dataset_and_collator(
     source_indices = list(range(len(records)))
     report = None
     if preflight:
-        tokenizer = SampleTokenizer(llm_backbone, num_visual_tokens, truncate_long_samples=truncate_long_samples)
+        checker = SampleTokenizer(tokenizer, num_visual_tokens, truncate_long_samples=truncate_long_samples)
         report = preflight_dataset(
-            records, image_dir, json_path, dataset_cls, tokenizer, max_images, check_images, preflight_cache,
-            num_threads,
+            records, image_dir, json_path, dataset_cls, checker, max_images, check_images, preflight_cache, num_threads
         )
-        bad = apply_policy(report, on_bad_sample)
-        if bad:
-            source_indices = [i for i in source_indices if i not in bad]
-            records = [records[i] for i in source_indices]
+        source_indices = _kept_indices(report, on_bad_sample, len(records))
+        records = [records[i] for i in source_indices]
 
     dataset = dataset_cls(
         records,
         image_dir,
         image_transform,
-        llm_backbone,
+        tokenizer,
         num_visual_tokens,
         source=json_path,
         on_bad_sample=on_bad_sample,
         max_images=max_images,
         truncate_long_samples=truncate_long_samples,
         source_indices=source_indices,
+        attach_features=attach_features,
     )
     dataset.preflight_report = report
     _log_summary(dataset, records)
-    collator = PaddedCollator(llm_backbone.pad_token_id, padding_side=padding_side,
-                              model_max_length=llm_backbone.llm_max_length)
+    filler = filler_pixel_values(image_transform, attach_features) if fill_text_only_batches else None
+    collator = PaddedCollator(
+        tokenizer.pad_token_id, padding_side=padding_side, model_max_length=tokenizer.max_length,
+        filler_pixel_values=filler,
+    )
     return dataset, collator
+
+
+def _kept_indices(report: PreflightReport, on_bad_sample: BadSamplePolicy, num_records: int) -> list[int]:
+    """The samples to train on: all of them, or (under `skip`) those the preflight found nothing wrong with."""
+    bad = apply_policy(report, on_bad_sample)
+    return [i for i in range(num_records) if i not in bad]
 
 
 def _log_summary(dataset: LLaVADataset, records: list[Any]) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -29,7 +29,7 @@ RecordKind = Literal["caption", "conversation"]
 HUMAN, GPT = "human", "gpt"
 
 
-class ProblemKind(str, Enum):
+class ProblemKind(StrEnum):
     """Everything the preflight and the datasets can find wrong with a sample (values are what reports print)."""
 
     MISSING_IMAGE = "missing-image"
@@ -171,10 +171,6 @@ def caption_conversation(record: dict[str, Any]) -> list[dict[str, str]]:
     projector learns from image + caption only; the loss covers the caption (and its end marker) only."""
     caption = record["conversations"][1]["value"].replace("<image>", "").strip()
     return [{"from": HUMAN, "value": "<image>"}, {"from": GPT, "value": caption}]
-
-
-def conversation_text(record: dict[str, Any]) -> str:
-    return "\n".join(turn["value"] for turn in record["conversations"])
 
 
 # === Packed storage ===

@@ -2,18 +2,13 @@
 
 The epoch is built as a list of *global batches* (`global_batch_size` samples each, one optimizer step), which depends
 only on the seed, the epoch and the batch size, never on the number of ranks. Rank r of W takes positions r, r+W, ...
-of every global batch. Groupings:
-- `modality-length` (default): batches are modality-pure (all image rows or all text rows, as prismatic-vlms'
-  split-modality sampler), and each batch is sorted by length (longest first), so a rank's consecutive micro-batches
-  hold similar lengths and ranks get balanced work. With `mega_batch_multiplier` M > 1, samples are sorted within
-  chunks of M global batches first, so whole steps group similar lengths (less padding, a bit less randomness).
-  The leftover rows of both modalities share the last batch(es). The batch holding the longest sample goes first,
-  so an out-of-memory shows up at step 1, not hours in.
-- `random`: a plain permutation; `sequential`: dataset order.
+of every global batch. Batches are modality-pure (all image rows or all text rows, as prismatic-vlms' split-modality
+sampler), and each batch is sorted by length (longest first), so a rank's consecutive micro-batches hold similar
+lengths and ranks get balanced work. The leftover rows of both modalities share the last batch(es). The batch holding
+the longest sample goes first, so an out-of-memory shows up at step 1, not hours in.
 
-`last_batch="pad"` (default) fills the final global batch by repeating its own samples, so every step has exactly
-`global_batch_size` samples (every sample is seen at least once per epoch; exactly once when the dataset size is a
-multiple of the global batch); `"drop"` leaves a partial final batch out.
+The final global batch is filled by repeating its own samples, so every step has exactly `global_batch_size` samples
+(every sample is seen at least once per epoch; exactly once when the dataset size is a multiple of the global batch).
 
 Resume: the trainer reports consumption with `advance(num_samples)` after each step (the data loader prefetches, so the
 sampler cannot know); `state_dict()` / `load_state_dict()` carry (epoch, consumed samples), and the next iteration
@@ -23,23 +18,14 @@ yields exactly the remaining order. Resuming on another number of ranks works at
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Sampler
 
-SamplerGrouping = Literal["modality-length", "random", "sequential"]
-SAMPLER_GROUPINGS: tuple[str, ...] = get_args(SamplerGrouping)
-LastBatch = Literal["pad", "drop"]
-LAST_BATCH_MODES: tuple[str, ...] = get_args(LastBatch)
-
-# State entries that must match for a saved position to mean the same order.
-_ORDER_KEYS = ("seed", "global_batch_size", "num_samples", "grouping", "last_batch", "mega_batch_multiplier")
-
-
-def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise ValueError(f"Unknown {name}={value!r}; valid values are {list(valid)}.")
+# State entries that must match for a saved position to mean the same order. (Checkpoints of earlier versions also
+# hold "grouping", "last_batch" and "mega_batch_multiplier", always at the values this order uses; they are ignored.)
+_ORDER_KEYS = ("seed", "global_batch_size", "num_samples")
 
 
 class DistributedResumableSampler(Sampler[int]):
@@ -50,14 +36,8 @@ class DistributedResumableSampler(Sampler[int]):
         num_replicas: int = 1,
         rank: int = 0,
         seed: int = 0,
-        grouping: SamplerGrouping = "modality-length",
-        last_batch: LastBatch = "pad",
-        mega_batch_multiplier: int = 1,
     ) -> None:
-        """`modality_lengths` is the dataset's `modality_lengths()`: (has_image, length) per sample (only its length
-        matters for `random` / `sequential`)."""
-        _choice("grouping", grouping, SAMPLER_GROUPINGS)
-        _choice("last_batch", last_batch, LAST_BATCH_MODES)
+        """`modality_lengths` is the dataset's `modality_lengths()`: (has_image, length) per sample."""
         if not modality_lengths:
             raise ValueError("Cannot sample from an empty dataset.")
         if num_replicas < 1 or not 0 <= rank < num_replicas:
@@ -67,13 +47,10 @@ class DistributedResumableSampler(Sampler[int]):
                 f"global_batch_size={global_batch_size} must be a positive multiple of the number of ranks "
                 f"({num_replicas}), so every rank gets the same share of each step."
             )
-        if mega_batch_multiplier < 1:
-            raise ValueError(f"mega_batch_multiplier must be >= 1, got {mega_batch_multiplier}.")
         self.has_image = np.array([bool(m) for m, _ in modality_lengths], dtype=bool)
         self.lengths = np.array([int(n) for _, n in modality_lengths], dtype=np.int64)
         self.global_batch_size, self.num_replicas, self.rank = global_batch_size, num_replicas, rank
-        self.seed, self.grouping, self.last_batch = seed, grouping, last_batch
-        self.mega_batch_multiplier = mega_batch_multiplier
+        self.seed = seed
         self.epoch = 0
         self.consumed_samples = 0
 
@@ -85,16 +62,12 @@ class DistributedResumableSampler(Sampler[int]):
     @property
     def steps_per_epoch(self) -> int:
         full, rest = divmod(self.num_samples, self.global_batch_size)
-        return full + int(rest > 0 and self.last_batch == "pad")
+        return full + int(rest > 0)
 
     @property
     def samples_per_epoch(self) -> int:
         """Global samples per epoch, padding included (a multiple of the global batch)."""
         return self.steps_per_epoch * self.global_batch_size
-
-    @property
-    def per_rank_batch(self) -> int:
-        return self.global_batch_size // self.num_replicas
 
     def __len__(self) -> int:
         """Indices this rank still yields in the current epoch (the full share unless resumed mid-epoch)."""
@@ -104,15 +77,10 @@ class DistributedResumableSampler(Sampler[int]):
     def epoch_batches(self, epoch: int) -> list[np.ndarray]:
         """The global batches of an epoch, in step order (identical on every rank)."""
         rng = np.random.default_rng([self.seed, epoch])
-        if self.grouping == "sequential":
-            batches, leftover = self._chunk(np.arange(self.num_samples))
-        elif self.grouping == "random":
-            batches, leftover = self._chunk(rng.permutation(self.num_samples))
-        else:
-            batches, leftover = self._grouped(rng)
+        batches, leftover = self._grouped(rng)
         if len(leftover):
-            batches.extend(self._finish(leftover))
-        if self.grouping == "modality-length" and len(batches) > 1:
+            batches.append(self._sorted(np.resize(leftover, self.global_batch_size)))  # cyclic padding to a full batch
+        if len(batches) > 1:
             batches = [batches[i] for i in rng.permutation(len(batches))]
             first = int(np.argmax([self.lengths[b].max() for b in batches]))
             batches.insert(0, batches.pop(first))
@@ -128,13 +96,11 @@ class DistributedResumableSampler(Sampler[int]):
         return indices[np.lexsort((indices, -self.lengths[indices]))]
 
     def _grouped(self, rng: np.random.Generator) -> tuple[list[np.ndarray], np.ndarray]:
+        """Modality-pure batches, each sorted by length, and the leftover rows of both modalities."""
         batches: list[np.ndarray] = []
         leftovers: list[np.ndarray] = []
-        mega = self.global_batch_size * self.mega_batch_multiplier
         for modality in (True, False):
-            order = rng.permutation(np.flatnonzero(self.has_image == modality))
-            chunks = [self._sorted(order[i : i + mega]) for i in range(0, len(order), mega)]
-            full, rest = self._chunk(np.concatenate(chunks) if chunks else order)
+            full, rest = self._chunk(rng.permutation(np.flatnonzero(self.has_image == modality)))
             batches.extend(self._sorted(b) for b in full)
             leftovers.append(rest)
         leftover = np.concatenate(leftovers)
@@ -142,19 +108,9 @@ class DistributedResumableSampler(Sampler[int]):
         batches.extend(mixed)
         return batches, rest
 
-    def _finish(self, leftover: np.ndarray) -> list[np.ndarray]:
-        """The final partial batch: padded with its own samples (cyclically) to a full batch, or dropped."""
-        if self.last_batch == "drop":
-            return []
-        padded = np.resize(leftover, self.global_batch_size)
-        return [self._sorted(padded) if self.grouping == "modality-length" else padded]
-
     def rank_indices(self, epoch: int) -> np.ndarray:
         """This rank's full sequence for an epoch: positions rank, rank + W, ... of every global batch."""
-        batches = self.epoch_batches(epoch)
-        if not batches:
-            return np.zeros(0, dtype=np.int64)
-        return np.concatenate([b[self.rank :: self.num_replicas] for b in batches])
+        return np.concatenate([b[self.rank :: self.num_replicas] for b in self.epoch_batches(epoch)])
 
     def __iter__(self) -> Iterator[int]:
         start = self.consumed_samples // self.num_replicas

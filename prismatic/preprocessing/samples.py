@@ -2,15 +2,13 @@
 
 Shared by the datasets (every `__getitem__`) and the preflight pass, so both judge a sample the same way:
 - `load_rgb` / `image_problem`: open an image with PIL and decode it fully (a truncated file only fails on decode);
-- `SampleTokenizer`: the LLM's own `tokenize_conversation` (released-compatible prompt format and labels), plus the
+- `SampleTokenizer`: the LLM's `ConversationTokenizer` (released-compatible prompt format and labels), plus the
   visual-token budget: an image row's sequence is its text plus `num_visual_tokens`, and must fit `llm_max_length`.
 """
 
 from __future__ import annotations
 
-import copy
 import struct
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal, get_args
@@ -18,8 +16,9 @@ from typing import Literal, get_args
 import torch
 from PIL import Image
 
-from prismatic.models.backbones.llm.base_llm import IGNORE_INDEX, LLMBackbone
+from prismatic.models.backbones.llm.conversation import ConversationTokenizer
 from prismatic.preprocessing.records import ProblemKind
+from prismatic.util.constants import IGNORE_INDEX
 
 # How thoroughly the preflight looks at image files: decode every pixel, parse the header only, or not at all.
 ImageCheck = Literal["load", "header", "none"]
@@ -35,9 +34,6 @@ PIL_READ_ERRORS: tuple[type[BaseException], ...] = (
     struct.error,
     Image.DecompressionBombError,
 )
-
-# Upper bound of tokens per turn string beyond one per UTF-8 byte (BOS, SentencePiece's dummy prefix per chunk).
-_TOKENS_PER_TURN_SLACK = 8
 
 
 def load_rgb(path: Path) -> Image.Image:
@@ -72,23 +68,19 @@ def image_problem(path: Path, check: ImageCheck = "load") -> tuple[ProblemKind, 
 
 
 class SampleTokenizer:
-    """Tokenize conversations with the LLM's own prompt format and enforce the sequence budget.
+    """Tokenize conversations with the LLM's `ConversationTokenizer` and enforce the sequence budget.
 
-    `tokenize_conversation` truncates silently at `llm_max_length`; to tell an over-long sample from one that fits,
-    this holds a shallow copy of the backbone with truncation disabled (same modules and tokenizer, only the length
-    attribute differs) and applies the budget itself: `llm_max_length` minus the visual tokens for image rows.
-    Over-long samples are a `too-long` problem, or, with `truncate_long_samples`, cut to the budget (as the released
-    recipe did) as long as some answer token survives.
+    The conversation tokenizer truncates silently at its `max_length` (the LLM's `llm_max_length`); to tell an
+    over-long sample from one that fits, this tokenizes without truncation and applies the budget itself:
+    `llm_max_length` minus the visual tokens for image rows. Over-long samples are a `too-long` problem, or, with
+    `truncate_long_samples`, cut to the budget (as the released recipe did) as long as some answer token survives.
     """
 
     def __init__(
-        self,
-        llm_backbone: LLMBackbone,
-        num_visual_tokens: int,
-        llm_max_length: int | None = None,
-        truncate_long_samples: bool = False,
+        self, conversation: ConversationTokenizer, num_visual_tokens: int, truncate_long_samples: bool = False
     ) -> None:
-        self.llm_max_length = int(llm_max_length if llm_max_length is not None else llm_backbone.llm_max_length)
+        self.conversation = conversation
+        self.llm_max_length = conversation.max_length
         if num_visual_tokens < 0:
             raise ValueError(f"num_visual_tokens must be >= 0, got {num_visual_tokens}.")
         if self.llm_max_length <= num_visual_tokens:
@@ -98,25 +90,13 @@ class SampleTokenizer:
             )
         self.num_visual_tokens = num_visual_tokens
         self.truncate_long_samples = truncate_long_samples
-        self.llm_backbone = llm_backbone
-        self._untruncated = copy.copy(llm_backbone)
-        self._untruncated.llm_max_length = sys.maxsize
 
     def budget(self, has_image: bool) -> int:
         """Text tokens a sample may have: the LLM's window minus the visual tokens spliced into image rows."""
         return self.llm_max_length - (self.num_visual_tokens if has_image else 0)
 
-    def turn_strings(self, conversation: Sequence[Mapping[str, str]]) -> list[str]:
-        builder = self.llm_backbone.get_prompt_builder()
-        return [builder.add_turn(turn["from"], turn["value"]) for turn in conversation]  # type: ignore[arg-type]
-
-    def upper_bound(self, conversation: Sequence[Mapping[str, str]]) -> int:
-        """A cheap bound on the text token count (no tokenizer): every token of the byte-level and SentencePiece
-        vocabularies covers at least one UTF-8 byte, plus a few tokens of slack per turn."""
-        return sum(len(text.encode("utf-8")) + _TOKENS_PER_TURN_SLACK for text in self.turn_strings(conversation))
-
     def fits_without_tokenizing(self, conversation: Sequence[Mapping[str, str]], has_image: bool) -> bool:
-        return self.upper_bound(conversation) <= self.budget(has_image)
+        return self.conversation.length_upper_bound(conversation) <= self.budget(has_image)
 
     def encode(
         self, conversation: Sequence[Mapping[str, str]], has_image: bool
@@ -126,7 +106,7 @@ class SampleTokenizer:
         Returning the problem (instead of raising) keeps the caller's bad-sample policy in one place.
         """
         try:
-            input_ids, labels = self._untruncated.tokenize_conversation(conversation)
+            input_ids, labels = self.conversation.tokenize_conversation(conversation, truncate=False)
         except ValueError as error:  # TokenizationError: empty, misordered, or not round-tripping
             return ProblemKind.MALFORMED_CONVERSATION, str(error)
         budget = self.budget(has_image)
@@ -146,6 +126,5 @@ class SampleTokenizer:
         return input_ids, labels
 
     def estimate_length(self, text: str, num_turns: int, has_image: bool) -> int:
-        """A tokenizer-free length estimate for the length-grouped sampler: ~4 characters per token plus the
-        template's tokens per turn, plus the visual tokens of image rows."""
-        return (len(text) + 3) // 4 + 6 * num_turns + (self.num_visual_tokens if has_image else 0)
+        """A tokenizer-free length estimate for the length-grouped sampler, visual tokens of image rows included."""
+        return self.conversation.estimate_length(text, num_turns) + (self.num_visual_tokens if has_image else 0)

@@ -9,22 +9,15 @@ logit at position i predicts the label at position i + 1.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from PIL import Image
 
-from prismatic.models.backbones.vision.base_vision import ImageTransform, PixelValues, collate_pixel_values
 from prismatic.models.vlms.splice import IGNORE_INDEX, PaddingSide, next_token_targets, splice_visual_tokens
 
 Batch = Mapping[str, Any]
-
-
-def dummy_image() -> Image.Image:
-    """The image of the masked dummy row (see `ImageRowFiller`); the feature-cache builder caches its features too."""
-    return Image.new("RGB", (32, 32))
 
 
 @dataclass(frozen=True)
@@ -45,9 +38,12 @@ def count_label_tokens(labels: torch.Tensor) -> int:
 
 
 def count_batch(micro_batches: Sequence[Batch], num_visual_tokens: int) -> BatchCounts:
+    """Counts of the real samples: the collator's masked filler row (`filler_rows`, one attended token and its visual
+    tokens) is left out."""
     label_tokens = sum(count_label_tokens(b["labels"]) for b in micro_batches)
-    tokens = sum(int(b["attention_mask"].sum()) + num_visual_tokens * int(b["has_image"].sum()) for b in micro_batches)
-    samples = sum(int(b["input_ids"].shape[0]) for b in micro_batches)
+    tokens = sum(int(b["attention_mask"].sum()) + num_visual_tokens * int(b["has_image"].sum())
+                 - b.get("filler_rows", 0) * (1 + num_visual_tokens) for b in micro_batches)  # fmt: skip
+    samples = sum(int(b["input_ids"].shape[0]) - b.get("filler_rows", 0) for b in micro_batches)
     return BatchCounts(label_tokens, tokens, samples)
 
 
@@ -77,38 +73,3 @@ def label_targets(labels: torch.Tensor) -> torch.Tensor:
     targets = next_token_targets(labels)
     return targets[targets != IGNORE_INDEX]
 
-
-class ImageRowFiller:
-    """Appends one masked dummy image row to a micro-batch that has no image row.
-
-    Under data parallelism every rank must run the same parameters forward and backward (DDP requires it, and FSDP's
-    reduce-scatters must match across ranks), but a text-only micro-batch skips the vision path. The dummy row has
-    labels IGNORE_INDEX everywhere, so it adds nothing to the loss and exactly zero to every gradient; its first
-    token is attended so no attention row is fully masked. Applied on one process too, so that a text-only step
-    updates the same parameters (with zero gradients) whatever the number of processes.
-    """
-
-    def __init__(self, image_transform: ImageTransform, pad_token_id: int) -> None:
-        self.sample: PixelValues = image_transform(dummy_image())
-        self.pixel_values: PixelValues = collate_pixel_values([self.sample])
-        self.pad_token_id = pad_token_id
-
-    def attach_features(self, attach: Callable[[PixelValues], PixelValues]) -> None:
-        """Let the dummy row carry cached features (e.g. `FeatureCache.attach`), so it never runs the encoders."""
-        self.pixel_values = collate_pixel_values([attach(self.sample)])
-
-    def __call__(self, batch: Batch) -> dict[str, Any]:
-        out = dict(batch)
-        if bool(batch["has_image"].any()):
-            return out
-        length = batch["input_ids"].shape[1]
-        ids = batch["input_ids"].new_full((1, length), self.pad_token_id)
-        mask = batch["attention_mask"].new_zeros((1, length))
-        position = 0 if batch.get("padding_side", "right") == "right" else length - 1
-        mask[0, position] = 1
-        out["input_ids"] = torch.cat([batch["input_ids"], ids])
-        out["attention_mask"] = torch.cat([batch["attention_mask"], mask])
-        out["labels"] = torch.cat([batch["labels"], batch["labels"].new_full((1, length), IGNORE_INDEX)])
-        out["has_image"] = torch.cat([batch["has_image"], batch["has_image"].new_ones(1)])
-        out["pixel_values"] = {k: v.to(batch["input_ids"].device) for k, v in self.pixel_values.items()}
-        return out

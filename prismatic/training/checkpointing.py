@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file, save_file
@@ -35,11 +35,14 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from prismatic.models.vlms.prismatic import PrismaticVLM
 from prismatic.overwatch import initialize_overwatch
-from prismatic.training.distributed import DistributedContext
 from prismatic.training.rng import capture_rng_state, restore_rng_state
 from prismatic.training.strategies.base import TrainingStrategy
+from prismatic.util.distributed import DistributedContext
+from prismatic.util.io import write_json_atomic
+
+if TYPE_CHECKING:
+    from prismatic.models.vlms.prismatic import PrismaticVLM
 
 overwatch = initialize_overwatch(__name__)
 
@@ -70,13 +73,6 @@ def step_dir_name(step: int) -> str:
     return f"step-{step:06d}"
 
 
-def _write_json(path: Path, payload: Any) -> None:
-    """Write-then-rename, so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
-
-
 def missing_parts(checkpoint: Path) -> list[str]:
     """What a checkpoint directory lacks to be complete (empty = complete)."""
     missing = [name for name in (DCP_METADATA_FILE, TRAINER_STATE_FILE) if not (checkpoint / name).is_file()]
@@ -96,6 +92,10 @@ def _quiet_single_process() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
         yield
+
+
+def trainable_names(strategy: TrainingStrategy) -> list[str]:
+    return sorted(name for name, param in strategy.vlm.named_parameters() if param.requires_grad)
 
 
 def _options() -> StateDictOptions:
@@ -174,7 +174,7 @@ class CheckpointManager:
                 checkpoint_id=str(tmp),
                 no_dist=not self.ctx.is_distributed,
             )
-        _write_json(tmp / RNG_DIR / f"rank-{self.ctx.rank:05d}.json", capture_rng_state())
+        write_json_atomic(tmp / RNG_DIR / f"rank-{self.ctx.rank:05d}.json", capture_rng_state(), indent=1)
         self.ctx.barrier()
 
         if self.ctx.is_rank_zero:
@@ -184,9 +184,9 @@ class CheckpointManager:
                 scheduler=strategy.scheduler.state_dict(),
                 sampler=sampler_state,
                 world_size=self.ctx.world_size,
-                trainable_parameters=sorted(n for n, _ in strategy.trainable_named_parameters()),
+                trainable_parameters=trainable_names(strategy),
             )
-            _write_json(tmp / TRAINER_STATE_FILE, asdict(state))
+            write_json_atomic(tmp / TRAINER_STATE_FILE, asdict(state), indent=1)
             if final.exists():  # the same step saved again (e.g. after a resume): replace it
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -204,7 +204,7 @@ class CheckpointManager:
         """Restore weights, optimizer, scheduler and this rank's RNG states; returns the trainer state."""
         raw = json.loads((checkpoint / TRAINER_STATE_FILE).read_text())
         state = TrainerState(**raw)
-        current = sorted(n for n, _ in strategy.trainable_named_parameters())
+        current = trainable_names(strategy)
         if state.trainable_parameters != current:
             extra = sorted(set(state.trainable_parameters) - set(current))[:5]
             absent = sorted(set(current) - set(state.trainable_parameters))[:5]

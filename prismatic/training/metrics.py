@@ -16,12 +16,14 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from tqdm import tqdm
 
 from prismatic.overwatch import initialize_overwatch
-from prismatic.training.strategies.base import StepResult
+
+if TYPE_CHECKING:  # the strategies import the model code; the config layer reads TRACKERS without it
+    from prismatic.training.strategies.base import StepResult
 
 overwatch = initialize_overwatch(__name__)
 

@@ -1,8 +1,8 @@
 """AdamW over the trainable parameters only, in groups, and the learning-rate schedule.
 
 Groups: weight decay applies to matrices only (biases, norm scales and other 1-D parameters get none), and the
-parameters of a trainable U-Net (SPEC 2.7's ablation) get `UNET_LR_SCALE` times the learning rate. Frozen parameters
-never reach the optimizer, so frozen encoders hold no optimizer state.
+parameters of a trainable U-Net (the paper's U-Net ablations) get `UNET_LR_SCALE` times the learning rate. Frozen
+parameters never reach the optimizer, so frozen encoders hold no optimizer state.
 
 Schedules (a multiplier of each group's base learning rate, as a function of the optimizer step):
 - `linear-warmup+cosine-decay`: linear warmup over `warmup_ratio` of the steps (the first step already moves), then a
@@ -15,16 +15,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from prismatic.conf.models import LRSchedulerType
+from prismatic.training.options import LRSchedulerType
+
+if TYPE_CHECKING:
+    from prismatic.models.vlms.prismatic import PrismaticVLM
 
 UNET_LR_SCALE = 0.2
-# Submodules of the vision backbone whose parameters get the U-Net learning-rate scale (matched by module name).
-SCALED_LR_MODULES: tuple[str, ...] = ("unet",)
 
 
 @dataclass(frozen=True)
@@ -34,18 +36,18 @@ class GroupSpec:
     lr_scale: float
 
 
-def scaled_lr_parameter_ids(model: nn.Module) -> set[int]:
-    """Ids of the parameters inside any submodule named in SCALED_LR_MODULES (e.g. `...generative.unet`)."""
-    ids: set[int] = set()
-    for module_name, module in model.named_modules():
-        if module_name.rsplit(".", 1)[-1] in SCALED_LR_MODULES:
-            ids.update(id(p) for p in module.parameters())
-    return ids
+def scaled_lr_parameter_ids(vlm: PrismaticVLM) -> set[int]:
+    """Ids of the generative encoder's U-Net parameters (the module the vision backbone exposes as its "unet")."""
+    unet = vlm.vision_backbone.generative_parts().get("unet")
+    return set() if unet is None else {id(p) for p in unet.parameters()}
 
 
-def build_param_groups(model: nn.Module, learning_rate: float, weight_decay: float) -> list[dict]:
-    """Trainable parameters of `model` in up to four groups (decay or not) x (U-Net lr scale or not)."""
-    scaled = scaled_lr_parameter_ids(model)
+def build_param_groups(
+    model: nn.Module, learning_rate: float, weight_decay: float, scaled: set[int] | None = None
+) -> list[dict]:
+    """Trainable parameters of `model` in up to four groups (decay or not) x (in `scaled`, the ids that get the U-Net
+    lr scale, or not)."""
+    scaled = scaled or set()
     groups: dict[GroupSpec, list[nn.Parameter]] = {}
     for param in model.parameters():
         if not param.requires_grad:
@@ -66,8 +68,8 @@ def build_param_groups(model: nn.Module, learning_rate: float, weight_decay: flo
     ]
 
 
-def build_optimizer(model: nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
-    return adamw(build_param_groups(model, learning_rate, weight_decay))
+def build_optimizer(vlm: PrismaticVLM, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
+    return adamw(build_param_groups(vlm, learning_rate, weight_decay, scaled_lr_parameter_ids(vlm)))
 
 
 def adamw(param_groups: list[dict]) -> torch.optim.AdamW:

@@ -17,6 +17,7 @@ from typing import Any
 import draccus
 
 from prismatic.overwatch import initialize_overwatch
+from prismatic.util.io import write_text_atomic
 
 overwatch = initialize_overwatch(__name__)
 
@@ -74,7 +75,5 @@ def save_run_config(config: Any, run_dir: Path, secret: str | None) -> dict[str,
     for name, payload in files.items():
         assert_no_secret(payload, secret, str(run_dir / name))
     for name, payload in files.items():
-        tmp = run_dir / (name + ".tmp")
-        tmp.write_text(payload)
-        os.replace(tmp, run_dir / name)
+        write_text_atomic(run_dir / name, payload)
     return encoded

@@ -103,12 +103,14 @@ class LLMFlops:
 
 
 def sequence_lengths(micro_batches: Iterable[Mapping[str, Any]], num_visual_tokens: int) -> list[int]:
-    """Real tokens (text + visual) of every row the LLM sees, from collated batches (as `count_batch` counts them)."""
+    """Real tokens (text + visual) of every sample row, from collated batches (as `count_batch` counts them: the
+    collator's filler row, the last one when present, is left out)."""
     lengths: list[int] = []
     for batch in micro_batches:
         text = batch["attention_mask"].sum(dim=1)
         visual = batch["has_image"].to(text.dtype) * num_visual_tokens
-        lengths.extend(int(n) for n in (text + visual).tolist())
+        rows = (text + visual).tolist()
+        lengths.extend(int(n) for n in rows[: len(rows) - batch.get("filler_rows", 0)])
     return lengths
 
 
@@ -241,7 +243,7 @@ class ThroughputMeter:
         """Metrics of the step just run: flops_per_sample, tflops_per_s, mfu (when a peak is known), time shares."""
         seconds = max(step_seconds, 1e-9)
         flops = self.step_flops(micro_batches)
-        samples = sum(int(batch["input_ids"].shape[0]) for batch in micro_batches)
+        samples = sum(int(batch["input_ids"].shape[0]) - batch.get("filler_rows", 0) for batch in micro_batches)
         out = {"flops_per_sample": flops / max(samples, 1), "tflops_per_s": flops / seconds / 1e12}
         if self.peak_flops is not None:
             out["mfu"] = flops / seconds / self.peak_flops

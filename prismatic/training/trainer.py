@@ -13,14 +13,14 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from prismatic.conf.models import StageOptimization
 from prismatic.overwatch import initialize_overwatch
 from prismatic.preprocessing.sampler import DistributedResumableSampler
 from prismatic.training.checkpointing import CheckpointManager
-from prismatic.training.distributed import DistributedContext
 from prismatic.training.metrics import MetricsLogger
+from prismatic.training.options import StageOptimization
 from prismatic.training.strategies.base import TrainingStrategy
 from prismatic.training.throughput import ThroughputMeter
+from prismatic.util.distributed import DistributedContext
 
 overwatch = initialize_overwatch(__name__)
 

@@ -2,9 +2,9 @@
 
 One call: check and batch the inputs (one prompt or a list of prompts, each with one image, a list of frames or no
 image), tokenize every prompt exactly as training tokenized its prefix, left-pad the batch, encode the images once and
-splice the visual tokens after each row's first real token, run one prefill pass that fills the KV cache, then decode
-token by token from that cache. After the prefill each step costs what the bare LLM costs: one new token embedding,
-one cached LLM step, one choice of token; images are never re-encoded and nothing is re-spliced.
+splice the visual tokens after each row's first real token, then hand the spliced embeddings to the LLM's own
+transformers `generate` (KV cache, logits processors, stop criteria). After the prefill each step costs what the bare
+LLM costs: images are never re-encoded and nothing is re-spliced.
 
 Left padding makes every row's next token sit in the last column, so a batch decodes in lockstep; positions come from
 the attention mask (as in `splice_visual_tokens`), so a padded row computes what it computes alone.
@@ -12,28 +12,44 @@ the attention mask (as in `splice_visual_tokens`), so a padded row computes what
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.nn as nn
 from PIL import Image
 
-from prismatic.models.backbones.vision.base_vision import PixelValues, collate_pixel_values
-from prismatic.models.vlms.splice import SplicedInputs, splice_visual_tokens
+from prismatic.models.backbones.vision.base_vision import PixelValues, VisionBackbone, collate_pixel_values
+from prismatic.models.vlms.splice import SplicedInputs, pad_rows, splice_visual_tokens
 from prismatic.overwatch import initialize_overwatch
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # transformers loads with the model, not with this module
+    from transformers import GenerationConfig
+
     from prismatic.models.backbones.llm.base_llm import LLMBackbone
-    from prismatic.models.vlms.prismatic import PrismaticVLM
 
 overwatch = initialize_overwatch(__name__)
 
 # One sample's visual input: an image, a list of frames (for the SVD slots), or None (text only).
 SampleImages = Image.Image | Sequence[Image.Image] | None
+
+
+class GenerativeVLM(Protocol):
+    """What generation needs from a VLM. `PrismaticVLM` is one; typing it structurally keeps this module free of an
+    import of the model class, which itself imports this module."""
+
+    llm_backbone: LLMBackbone
+    vision_backbone: VisionBackbone
+
+    def encode_images(self, pixel_values: PixelValues) -> torch.Tensor: ...
+
+    def modules(self) -> Iterator[nn.Module]: ...
+
+    def eval(self) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -134,12 +150,8 @@ def tokenize_prompts(llm_backbone: LLMBackbone, prompts: list[str]) -> tuple[tor
                 f"Prompt {index} ({prompts[index]!r}) tokenizes to nothing; build prompts with "
                 "vlm.get_prompt_builder(): add_turn(role='human', message=...) then get_prompt()."
             )
-    length = max(len(ids) for ids in rows)
-    input_ids = torch.full((len(rows), length), llm_backbone.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for row, ids in enumerate(rows):
-        input_ids[row, length - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, length - len(ids) :] = 1
+    input_ids = pad_rows(rows, llm_backbone.pad_token_id, "left")
+    attention_mask = pad_rows([[1] * len(ids) for ids in rows], 0, "left")
     return input_ids, attention_mask
 
 
@@ -149,7 +161,7 @@ def module_dtype(module: nn.Module) -> torch.dtype:
 
 
 def prepare_pixel_values(
-    vlm: PrismaticVLM, images: list[SampleImages], device: torch.device
+    vlm: GenerativeVLM, images: list[SampleImages], device: torch.device
 ) -> tuple[PixelValues | None, torch.Tensor]:
     """Transform and collate the image rows (pixel values of image rows only, in batch order) and the has_image mask.
 
@@ -166,104 +178,91 @@ def prepare_pixel_values(
     return pixel_values, has_image
 
 
-# === Decoding ===
-def filter_logits(logits: torch.Tensor, options: GenerationOptions) -> torch.Tensor:
-    """Temperature, then top-k, then top-p (nucleus: the smallest set of tokens holding top_p of the probability)."""
-    logits = logits / options.temperature
-    if options.top_k:
-        k = min(options.top_k, logits.shape[-1])
-        kth = torch.topk(logits, k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if options.top_p is not None and options.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        sorted_probs = sorted_logits.softmax(dim=-1)
-        # Drop a token when the tokens ranked above it already hold top_p; the top token is always kept.
-        drop_sorted = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= options.top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
-
-
-def choose_tokens(logits: torch.Tensor, options: GenerationOptions, generator: torch.Generator | None) -> torch.Tensor:
-    """Next token per row [B] from float32 logits [B, V]."""
-    if not options.do_sample:
-        return logits.argmax(dim=-1)
-    probs = filter_logits(logits, options).softmax(dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
-
-
-def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
-    """A private RNG for sampling (the global RNG is left alone); None = draw from the global RNG."""
-    return None if seed is None else torch.Generator(device=device).manual_seed(seed)
-
-
-def returned_cache(output: Any) -> Any:
-    # transformers 5.2x returns the KV cache as `cache`; earlier releases as `past_key_values`.
-    cache = getattr(output, "cache", None)
-    return cache if cache is not None else getattr(output, "past_key_values", None)
-
-
-def prefill(
-    vlm: PrismaticVLM,
+def splice_prompts(
+    vlm: GenerativeVLM,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     pixel_values: PixelValues | None,
     has_image: torch.Tensor,
-) -> tuple[SplicedInputs, Any]:
-    """Encode the images once, splice them in (left padding) and run the prompt; returns the spliced inputs and the
-    LLM output (last-position logits and the filled KV cache)."""
-    llm_backbone = vlm.llm_backbone
-    text_embeds = llm_backbone.embed_input_ids(input_ids)
+) -> SplicedInputs:
+    """The LLM input of a left-padded prompt batch: images encoded once, their visual tokens spliced in."""
+    text_embeds = vlm.llm_backbone.embed_input_ids(input_ids)
     visual = vlm.encode_images(pixel_values) if pixel_values is not None else None
-    spliced = splice_visual_tokens(text_embeds, attention_mask, visual, has_image, None, padding_side="left")
-    output = llm_backbone(
-        inputs_embeds=spliced.inputs_embeds,
-        attention_mask=spliced.attention_mask,
-        position_ids=spliced.position_ids,
+    return splice_visual_tokens(text_embeds, attention_mask, visual, has_image, None, padding_side="left")
+
+
+# === Decoding (transformers' `generate`) ===
+def generation_config(llm_backbone: LLMBackbone, options: GenerationOptions) -> GenerationConfig:
+    """The per-call GenerationConfig: the loader's clean `llm.generation_config` with every token-choosing knob set.
+
+    `generate` fills any field left None from `llm.generation_config` and then from transformers' global defaults
+    (top_k=50 among them), so when sampling a disabled option is written as its neutral value (top_k=0, top_p=1.0),
+    never as None. Greedy calls unset the sampling knobs instead: transformers applies them only when sampling, and
+    warns about any it finds set without do_sample (our options accept, and ignore, e.g. a temperature when greedy).
+    """
+    sampling = options.do_sample
+    config = copy.deepcopy(llm_backbone.llm.generation_config)
+    config.update(
+        do_sample=sampling,
+        temperature=options.temperature if sampling else None,
+        top_k=(options.top_k or 0) if sampling else None,
+        top_p=(1.0 if options.top_p is None else options.top_p) if sampling else None,
+        max_new_tokens=options.max_new_tokens,
+        # Our `min_length` counts new tokens; transformers' `min_length` would count the prompt too. The price of the
+        # library path: with min_new_tokens > 0 transformers runs two vocabulary-wide stop masks every step (its
+        # MinLength and MinNewTokens processors, also after the minimum): ~0.5 ms a step on CPU for a 32k vocabulary,
+        # measured; noise next to a real model's step, and the same tokens.
+        min_new_tokens=options.min_length,
+        eos_token_id=list(llm_backbone.eos_token_ids),  # a list: each row stops on any of the family's stop ids
+        pad_token_id=llm_backbone.pad_token_id,  # fed to (and emitted by) rows that already stopped
+        # Penalties a hub generation_config.json commonly sets (e.g. Qwen-Instruct's repetition_penalty): the loader
+        # gives every model a clean config, this keeps them off even for an LLM whose config came from elsewhere.
+        num_beams=1,
+        num_return_sequences=1,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        typical_p=1.0,
         use_cache=True,  # explicitly: models built for training have config.use_cache = False
-        logits_to_keep=1,  # only the last position is needed; full prefill logits would be [B, L + Nv, vocab]
+        return_dict_in_generate=False,
     )
-    return spliced, output
-
-
-def decode_loop(vlm: PrismaticVLM, spliced: SplicedInputs, output: Any, options: GenerationOptions) -> list[list[int]]:
-    """Pick tokens from the prefill's logits, then step the cached LLM one token at a time; new ids per row, each
-    cut before its first stop token."""
-    llm_backbone = vlm.llm_backbone
-    batch, prompt_length = spliced.attention_mask.shape
-    device = spliced.attention_mask.device
-    stop_ids = torch.tensor(llm_backbone.eos_token_ids, dtype=torch.long, device=device)
-    generator = make_generator(options.seed, device)
-    # The whole mask up front (new tokens are always attended), sliced per step instead of grown.
-    mask = torch.cat([spliced.attention_mask, spliced.attention_mask.new_ones(batch, options.max_new_tokens)], dim=1)
-    positions = spliced.position_ids[:, -1:] + 1
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    new_tokens: list[torch.Tensor] = []
-    for step in range(options.max_new_tokens):
-        logits = output.logits[:, -1, :].float()
-        if step < options.min_length:
-            logits = logits.index_fill(1, stop_ids, float("-inf"))
-        tokens = choose_tokens(logits, options, generator)
-        # A finished row keeps running (lockstep) but its tokens are never read: feed it the pad token.
-        tokens = torch.where(finished, llm_backbone.pad_token_id, tokens)
-        new_tokens.append(tokens)
-        finished |= torch.isin(tokens, stop_ids)
-        if step + 1 == options.max_new_tokens or bool(finished.all()):
-            break
-        output = llm_backbone(
-            inputs_embeds=llm_backbone.embed_input_ids(tokens.unsqueeze(1)),
-            attention_mask=mask[:, : prompt_length + step + 1],
-            position_ids=positions + step,
-            past_key_values=returned_cache(output),
-            use_cache=True,
-        )
-    ids = torch.stack(new_tokens, dim=1).tolist()
-    stops = set(llm_backbone.eos_token_ids)
-    return [row[: next((i for i, t in enumerate(row) if t in stops), len(row))] for row in ids]
+    return config
 
 
 @contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
+def seeded_rng(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Seed the RNG that sampling draws from on `device`, and restore it (and the CPU RNG) afterwards; with no seed,
+    sampling uses (and advances) the global RNG.
+
+    transformers samples with `torch.multinomial` on the default generator and takes no `torch.Generator`, so a
+    private generator is not possible; forking gives the same guarantees. A seed also still draws what it drew with
+    the private generator of the earlier hand-written loop: `manual_seed(seed)` on the default generator and on a fresh
+    `torch.Generator(device)` start the same stream.
+    """
+    if seed is None:
+        yield
+        return
+    on_device = device.type != "cpu"
+    index = device.index
+    if on_device and index is None:
+        index = torch.get_device_module(device.type).current_device()
+    # Only the CPU and `device` are forked and seeded: forking every visible GPU would initialize each of them.
+    with torch.random.fork_rng(devices=[index] if on_device else [], device_type=device.type if on_device else None):
+        torch.random.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            torch.cuda.default_generators[index].manual_seed(seed)
+        elif on_device:
+            torch.get_device_module(device.type).manual_seed(seed)
+        yield
+
+
+def cut_at_stop(rows: list[list[int]], stop_ids: Sequence[int]) -> list[list[int]]:
+    """Each row up to (excluding) its first stop token; rows that stopped early are padded after it by `generate`."""
+    stops = set(stop_ids)
+    return [row[: next((i for i, t in enumerate(row) if t in stops), len(row))] for row in rows]
+
+
+@contextmanager
+def eval_mode(module: GenerativeVLM | nn.Module) -> Iterator[None]:
     """Eval mode for the duration, then every submodule's own previous mode (frozen parts may have been in eval)."""
     modes = [(m, m.training) for m in module.modules()]
     module.eval()
@@ -285,7 +284,7 @@ def warn_if_fallback_tokenizer(llm_backbone: LLMBackbone) -> None:
         warnings.warn(message, UserWarning, stacklevel=5)  # points at the caller of vlm.generate
 
 
-def generate_token_ids(vlm: PrismaticVLM, images: object, prompt: object, **options: Any) -> list[list[int]]:
+def generate_token_ids(vlm: GenerativeVLM, images: object, prompt: object, **options: Any) -> list[list[int]]:
     """The new token ids of each row (stop token excluded); one row when `prompt` is a str. Arguments as `generate`."""
     opts = GenerationOptions.from_kwargs(**options)
     rows, prompts = normalize_inputs(images, prompt)
@@ -295,11 +294,28 @@ def generate_token_ids(vlm: PrismaticVLM, images: object, prompt: object, **opti
     input_ids, attention_mask = tokenize_prompts(llm_backbone, prompts)
     with eval_mode(vlm), torch.inference_mode():
         pixel_values, has_image = prepare_pixel_values(vlm, rows, device)
-        spliced, output = prefill(vlm, input_ids.to(device), attention_mask.to(device), pixel_values, has_image)
-        return decode_loop(vlm, spliced, output, opts)
+        spliced = splice_prompts(vlm, input_ids.to(device), attention_mask.to(device), pixel_values, has_image)
+        with seeded_rng(opts.seed, device):
+            # Position ids passed explicitly: `generate` would derive the same ones from the mask (cumsum - 1, pads at
+            # 0), but the splice owns that rule. With inputs_embeds and no input_ids, `generate` returns only the new
+            # tokens ([B, <= max_new_tokens]).
+            # What differs from the hand-written decode loop this replaced (greedy, per-row stops, min_length and
+            # seeded sampling gave the same ids on the tiny Llama and Qwen models, fp32 and bf16): top-p tie-breaking.
+            # The loop sorted descending and dropped a token once the tokens above it held >= top_p; transformers
+            # sorts ascending and drops a token while the mass up to it is <= 1 - top_p. Same rule and same number of
+            # tokens kept, but where tokens with exactly equal logits straddle the cutoff (common with bf16 logits)
+            # the two sorts keep different members of the tie, so a seeded sample can pick a different, equally
+            # likely token. Not worth a private top-p warper.
+            new_tokens = llm_backbone.llm.generate(
+                inputs_embeds=spliced.inputs_embeds,
+                attention_mask=spliced.attention_mask,
+                position_ids=spliced.position_ids,
+                generation_config=generation_config(llm_backbone, opts),
+            )
+    return cut_at_stop(new_tokens.tolist(), llm_backbone.eos_token_ids)
 
 
-def generate(vlm: PrismaticVLM, images: object, prompt: object, **options: Any) -> str | list[str]:
+def generate(vlm: GenerativeVLM, images: object, prompt: object, **options: Any) -> str | list[str]:
     """Answer `prompt` (a str, or a list of str) about `images`; a str back for a str prompt, else a list (see
     `PrismaticVLM.generate`). Special tokens are skipped and surrounding whitespace is stripped, as in prismatic."""
     new_ids = generate_token_ids(vlm, images, prompt, **options)

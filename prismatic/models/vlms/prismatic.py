@@ -1,4 +1,4 @@
-"""PrismaticVLM: vision backbone -> projector -> visual tokens spliced into the LLM's input (SPEC 2.4-2.5).
+"""PrismaticVLM: vision backbone -> projector -> visual tokens spliced into the LLM's input (docs/model.md).
 
 The model knows nothing about parallelism or precision policies (those are applied around it by the training
 strategies). It owns three things: which parameters train in a given stage, how images become visual tokens, and how
@@ -7,53 +7,44 @@ those tokens are placed in the prompt.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
-from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from prismatic.models.backbones.llm.base_llm import LLMBackbone
 from prismatic.models.backbones.vision.base_vision import PixelValues, VisionBackbone
 from prismatic.models.projectors import ArchSpecifier, build_projector
+from prismatic.models.stages import Stage, parse_stage
 from prismatic.models.vlms.generation import SampleImages
 from prismatic.models.vlms.generation import generate as generate_text
-from prismatic.models.vlms.splice import IGNORE_INDEX, PaddingSide, next_token_targets, splice_visual_tokens
+from prismatic.models.vlms.splice import PaddingSide, next_token_targets, splice_visual_tokens
 from prismatic.models.vlms.visual_features import EncoderBatching, vision_features
+from prismatic.util.constants import IGNORE_INDEX
 
-Stage = Literal["align", "finetune", "full-finetune", "finetune-unet", "finetune-unet-vae"]
-STAGES: tuple[str, ...] = get_args(Stage)
-# Modules of the generative encoder that the U-Net ablation stages unfreeze (lr x 0.2 is the optimizer's business).
-STAGE_ENCODER_MODULES: dict[str, tuple[str, ...]] = {"finetune-unet": ("unet",), "finetune-unet-vae": ("unet", "vae")}
+if TYPE_CHECKING:
+    from transformers.modeling_outputs import CausalLMOutputWithPast
 
 
-def freeze_vision_backbone(vision_backbone: VisionBackbone, stage: Stage) -> None:
-    """The vision half of `PrismaticVLM.freeze_backbones` (also used by the feature-cache builder, which builds no LLM):
-    frozen except in full-finetune, its always-trainable modules, and the encoder modules the stage trains."""
-    if stage not in STAGES:
-        raise ValueError(f"Unknown stage {stage!r}; valid stages are {list(STAGES)}.")
-    vision_backbone.requires_grad_(stage == "full-finetune")
+def freeze_vision_backbone(vision_backbone: VisionBackbone, stage: Stage | str) -> None:
+    """The vision half of `PrismaticVLM.freeze_backbones` (also used alone when only the encoders are built, e.g. for
+    the feature cache): frozen except in full-finetune, its always-trainable modules, and the generative encoder's
+    parts the stage trains."""
+    stage = parse_stage(stage)
+    vision_backbone.requires_grad_(stage is Stage.FULL_FINETUNE)
     for name in vision_backbone.trainable_module_names:
         vision_backbone.get_submodule(name).requires_grad_(True)
-    for name in STAGE_ENCODER_MODULES.get(stage, ()):
-        _encoder_module(vision_backbone, name).requires_grad_(True)
-
-
-def _encoder_module(vision_backbone: VisionBackbone, name: str) -> nn.Module:
-    for module_name, module in vision_backbone.named_modules():
-        if module_name.split(".")[-1] == name:
-            return module
-    raise ValueError(
-        f"This stage trains the generative encoder's {name!r}, but vision backbone "
-        f"{vision_backbone.identifier!r} has none; use a backbone with an SVD stream (e.g. 'siglip+svd')."
-    )
+    parts = vision_backbone.generative_parts()
+    for name in stage.generative_parts:
+        if name not in parts:
+            raise ValueError(
+                f"Stage {stage.value!r} trains the generative encoder's {name!r}, but vision backbone "
+                f"{vision_backbone.identifier!r} has none; use a backbone with an SVD stream (e.g. 'siglip+svd')."
+            )
+        parts[name].requires_grad_(True)
 
 
 class PrismaticVLM(nn.Module):
-    # How frozen encoders batch their work (see `visual_features`): per-sample makes features batch-independent.
-    encoder_batching: EncoderBatching = "per-sample"
-
     def __init__(
         self,
         model_id: str,
@@ -61,11 +52,14 @@ class PrismaticVLM(nn.Module):
         llm_backbone: LLMBackbone,
         arch_specifier: str | ArchSpecifier,
         projector_feature_norm: bool = False,
+        encoder_batching: EncoderBatching = "per-sample",
     ) -> None:
         """`projector_feature_norm` puts a LayerNorm on each visual stream before its projector MLP (off for the
-        released models; see `prismatic.models.projectors`)."""
+        released models; see `prismatic.models.projectors`). `encoder_batching` says how frozen encoders batch their
+        work (see `visual_features`): "per-sample" makes features independent of the batch (what the cache needs)."""
         super().__init__()
         self.model_id = model_id
+        self.encoder_batching = encoder_batching
         self.arch = arch_specifier if isinstance(arch_specifier, ArchSpecifier) else ArchSpecifier.parse(arch_specifier)
         self.vision_backbone = vision_backbone
         self.llm_backbone = llm_backbone
@@ -92,19 +86,17 @@ class PrismaticVLM(nn.Module):
         return self.llm_backbone.get_prompt_builder(system_prompt=system_prompt)
 
     # === Freezing ===
-    def freeze_backbones(self, stage: Stage) -> None:
+    def freeze_backbones(self, stage: Stage | str) -> None:
         """Set `requires_grad` for a training stage.
 
         align: projector only. finetune: projector + LLM. full-finetune: everything. finetune-unet(-vae): finetune plus
         the generative encoder's U-Net (and VAE); its unused parts must hold no trainable parameter, which the encoder
         guarantees by never building them (see the SVD encoder).
         """
+        stage = parse_stage(stage)
         freeze_vision_backbone(self.vision_backbone, stage)
-        self.llm_backbone.requires_grad_(stage != "align")
+        self.llm_backbone.requires_grad_(stage is not Stage.ALIGN)
         self.projector.requires_grad_(True)
-
-    def trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        return ((n, p) for n, p in self.named_parameters() if p.requires_grad)
 
     # === Forward ===
     def encode_images(self, pixel_values: PixelValues) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Where visual tokens go in the LLM input: right after the first real token of each prompt (SPEC 2.5).
+"""Where visual tokens go in the LLM input: right after the first real token of each prompt (docs/model.md).
 
 For Llama that first token is BOS; for Qwen chat it is `<|im_start|>`. Visual positions get attention 1 and label -100.
 Rows without an image (text-only samples in a mixed batch) keep their order and get `num_visual` padding positions
@@ -8,14 +8,31 @@ generation batches, so every row has the same length and left-padded rows still 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from prismatic.util.constants import IGNORE_INDEX
+
 PaddingSide = Literal["right", "left"]
+PADDING_SIDES: tuple[str, ...] = get_args(PaddingSide)
+
+
+def pad_rows(rows: Sequence[Sequence[int] | torch.Tensor], value: int, side: PaddingSide) -> torch.Tensor:
+    """Token rows of different lengths as one [B, longest] long tensor, padded with `value` on `side` (training
+    batches pad on the right; generation pads on the left so every row's next token is in the last column)."""
+    length = max(len(row) for row in rows)
+    out = torch.full((len(rows), length), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        row = torch.as_tensor(row, dtype=torch.long)
+        if side == "right":
+            out[i, : len(row)] = row
+        else:
+            out[i, length - len(row) :] = row
+    return out
 
 
 @dataclass

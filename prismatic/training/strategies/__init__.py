@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from prismatic.conf.models import StageOptimization, TrainStrategy
-from prismatic.models.backbones.vision.base_vision import ImageTransform
-from prismatic.models.vlms.prismatic import PrismaticVLM
+from typing import TYPE_CHECKING
+
 from prismatic.overwatch import initialize_overwatch
-from prismatic.training.distributed import DistributedContext
-from prismatic.training.strategies.base import Precision, StepResult, TrainingStrategy
+from prismatic.training.options import Precision, StageOptimization, TrainStrategy
+from prismatic.training.strategies.base import StepResult, TrainingStrategy
 from prismatic.training.strategies.ddp import DDPStrategy
 from prismatic.training.strategies.fsdp import FSDPStrategy, ShardingMode
 from prismatic.training.strategies.single import SingleDeviceStrategy
+from prismatic.util.distributed import DistributedContext
+
+if TYPE_CHECKING:
+    from prismatic.models.vlms.prismatic import PrismaticVLM
 
 __all__ = [
     "DDPStrategy",
     "FSDPStrategy",
-    "Precision",
     "SingleDeviceStrategy",
     "StepResult",
     "TrainingStrategy",
@@ -53,11 +55,10 @@ def get_train_strategy(
     precision: Precision,
     enable_gradient_checkpointing: bool,
     total_steps: int,
-    image_transform: ImageTransform,
 ) -> TrainingStrategy:
     """Build (not yet set up) the strategy named `train_strategy`; call `.setup()` to wrap the model."""
     resolved = resolve_train_strategy(train_strategy, ctx)
-    args = (vlm, ctx, optimization, precision, enable_gradient_checkpointing, total_steps, image_transform)
+    args = (vlm, ctx, optimization, precision, enable_gradient_checkpointing, total_steps)
     if resolved in _FSDP_SHARDING:
         return FSDPStrategy(*args, sharding=_FSDP_SHARDING[resolved])
     if resolved == "ddp":

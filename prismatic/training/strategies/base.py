@@ -1,11 +1,13 @@
 """The training strategy contract: how a PrismaticVLM is placed, wrapped, and stepped on this job's devices.
 
 A strategy is applied AROUND the model (torchtitan style): the model code knows nothing about sharding or precision.
-The base class holds everything that does not depend on the parallelism: precision setup (bf16 mixed precision with
-fp32 master weights, or `pure_bf16`), activation checkpointing, the optimizer and schedule, the micro-batch loop with
-the loss normalised by the GLOBAL number of label tokens, gradient clipping on the global norm, and skipping a step
-whose gradients are not finite. Subclasses say how to wrap the model (`wrap_model`), how to compute in mixed precision
-(`autocast`) and how to defer gradient synchronisation between micro-batches (`sync_context`).
+The base class holds everything that does not depend on the parallelism: activation checkpointing, the optimizer and
+schedule, the micro-batch loop with the loss normalised by the GLOBAL number of label tokens, gradient clipping on the
+global norm, and skipping a step whose gradients are not finite. The model arrives built, frozen and cast
+(`prismatic.assembly.build_vlm`: a frozen encoder in bf16 under mixed precision, everything in bf16 under `pure_bf16`);
+the strategy only computes in the precision it is given. Subclasses say how to wrap the model (`wrap_model`), how to
+compute in mixed precision (`autocast`) and how to defer gradient synchronisation between micro-batches
+(`sync_context`).
 """
 
 from __future__ import annotations
@@ -13,54 +15,25 @@ from __future__ import annotations
 import contextlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.distributed.tensor import DTensor
 
-from prismatic.conf.models import StageOptimization
-from prismatic.models.backbones.vision.base_vision import ImageTransform
-from prismatic.models.vlms.prismatic import PrismaticVLM
 from prismatic.overwatch import initialize_overwatch
-from prismatic.training.batching import (
-    ImageRowFiller,
-    count_batch,
-    label_targets,
-    spliced_labels,
-)
-from prismatic.training.distributed import DistributedContext
+from prismatic.training.batching import count_batch, label_targets, spliced_labels
 from prismatic.training.optimizer import build_optimizer, build_scheduler
+from prismatic.training.options import HALF_DTYPE, Precision, StageOptimization
+from prismatic.util.distributed import DistributedContext
+
+if TYPE_CHECKING:
+    from prismatic.models.vlms.prismatic import PrismaticVLM
 
 overwatch = initialize_overwatch(__name__)
-
-HALF_DTYPE = torch.bfloat16
-
-
-@dataclass(frozen=True)
-class Precision:
-    """bf16 compute with fp32 master weights (`mixed`), or everything in bf16 (`pure_bf16`, the released run's
-    choice), or plain fp32 (neither). `reduce_in_full_precision` keeps gradient reductions in fp32."""
-
-    mixed: bool = True
-    pure_bf16: bool = False
-    reduce_in_full_precision: bool = True
-
-    @property
-    def low_precision(self) -> bool:
-        return self.mixed or self.pure_bf16
-
-    def vision_backbone_dtype(self, vision_trains: bool) -> torch.dtype | None:
-        """The dtype the strategy stores the vision backbone in (None: left as built, fp32). The feature-cache builder
-        asks this too, so cached features are computed at the dtype training would encode with."""
-        if self.pure_bf16 or (self.mixed and not vision_trains):
-            # pure_bf16 casts the whole model; a frozen encoder needs no fp32 master copy (half the memory, no cast).
-            return HALF_DTYPE
-        return None
-
 
 @dataclass(frozen=True)
 class StepResult:
@@ -82,7 +55,6 @@ class TrainingStrategy(ABC):
         precision: Precision,
         enable_gradient_checkpointing: bool,
         total_steps: int,
-        image_transform: ImageTransform,
     ) -> None:
         self.vlm = vlm
         self.ctx = ctx
@@ -90,10 +62,6 @@ class TrainingStrategy(ABC):
         self.precision = precision
         self.enable_gradient_checkpointing = enable_gradient_checkpointing
         self.total_steps = total_steps
-        # Every micro-batch runs the vision path (see ImageRowFiller): ranks must run identical graphs, and a text-only
-        # batch then gives the projector a zero gradient (Adam momentum still moves it) on any number of processes,
-        # instead of no gradient on one process and a zero gradient on several.
-        self.image_row_filler = ImageRowFiller(image_transform, vlm.llm_backbone.pad_token_id)
         self.num_visual_tokens = vlm.num_visual_tokens
         self.model: nn.Module = vlm
         self.optimizer: torch.optim.Optimizer | None = None
@@ -101,8 +69,7 @@ class TrainingStrategy(ABC):
 
     # === Setup ===
     def setup(self) -> None:
-        """Cast, wrap, and build the optimizer over the (wrapped) trainable parameters."""
-        self._prepare_precision()
+        """Wrap, and build the optimizer over the (wrapped) trainable parameters."""
         if self.enable_gradient_checkpointing:
             self.vlm.llm_backbone.enable_gradient_checkpointing()
         self.model = self.wrap_model()
@@ -115,14 +82,6 @@ class TrainingStrategy(ABC):
             f"{type(self).__name__}: {trainable:,} trainable parameters in {len(self.optimizer.param_groups)} "
             f"group(s); precision {self.precision}; gradient checkpointing {self.enable_gradient_checkpointing}"
         )
-
-    def _prepare_precision(self) -> None:
-        if self.precision.pure_bf16:
-            self.vlm.to(HALF_DTYPE)
-        vision_trains = any(p.requires_grad for p in self.vlm.vision_backbone.parameters())
-        dtype = self.precision.vision_backbone_dtype(vision_trains)
-        if dtype is not None:
-            self.vlm.vision_backbone.to(dtype)
 
     @abstractmethod
     def wrap_model(self) -> nn.Module:
@@ -145,7 +104,6 @@ class TrainingStrategy(ABC):
 
     # === One optimizer step ===
     def _prepare_batch(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        batch = self.image_row_filler(batch)
         device = self.ctx.device
         input_dtype = HALF_DTYPE if self.precision.pure_bf16 else None
 
@@ -220,7 +178,3 @@ class TrainingStrategy(ABC):
         if max_norm > 0 and torch.isfinite(total):
             torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
         return float(total)
-
-    # === Introspection ===
-    def trainable_named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        return ((n, p) for n, p in self.vlm.named_parameters() if p.requires_grad)

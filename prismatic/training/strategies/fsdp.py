@@ -26,7 +26,8 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from prismatic.overwatch import initialize_overwatch
-from prismatic.training.strategies.base import HALF_DTYPE, TrainingStrategy
+from prismatic.training.options import HALF_DTYPE
+from prismatic.training.strategies.base import TrainingStrategy
 
 overwatch = initialize_overwatch(__name__)
 

@@ -4,22 +4,18 @@ Three ways in, all through transformers' own loaders:
 - training (`inference_mode=False`): `from_pretrained` on `pretrained_path` or the hub id (fp32; the caller casts);
 - inference / shape-only (`inference_mode=True`): the architecture only, from `pretrained_path`'s config.json or the
   in-code registry config, so `with torch.device("meta"):` builds a 7B without weights (a VLM checkpoint fills them);
-- tiny ids: seeded random init from the in-code config with the packaged vocabulary, or `from_pretrained` on
-  `pretrained_path` (the save/load round trip).
+- tiny ids: seeded random init from the in-code config with the packaged vocabulary (`packaged.py`), or
+  `from_pretrained` on `pretrained_path` (the save/load round trip).
 
-Tokenizers follow the released recipe: Llama-2 gets a "<PAD>" token and embeddings resized to a multiple of 64
-(32000 -> 32064); Qwen2.5 keeps its own pad (<|endoftext|>) and has no BOS. The packaged vocabularies are
-`llama-format-32k.model` (SentencePiece in the Llama-2 format, but Mistral-7B's pieces: the same special ids
-0/1/2, other ids than Llama-2 for text) and `qwen2-151k.tiktoken` (the real Qwen2/Qwen2.5 BPE ranks).
+Tokenizers follow the released recipe, as each family's traits (`families.py`) say: Llama-2 gets a "<PAD>" token and
+embeddings resized to a multiple of 64 (32000 -> 32064); Qwen2.5 keeps its own pad (<|endoftext|>) and has no BOS.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.util
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 from transformers import (
@@ -27,31 +23,17 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     GenerationConfig,
-    LlamaTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    Qwen2Tokenizer,
 )
-from transformers.convert_slow_tokenizer import TikTokenConverter
 
-from prismatic.models.backbones.llm.base_llm import LLMBackbone, stop_tokens
+from prismatic.models.backbones.llm.base_llm import LLMBackbone
+from prismatic.models.backbones.llm.families import LLMFamilyTraits
 from prismatic.models.backbones.llm.registry import LLMSpec, get_llm_spec
 from prismatic.overwatch import initialize_overwatch
 
 overwatch = initialize_overwatch(__name__)
 
-TOKENIZER_ASSETS = Path(__file__).resolve().parents[3] / "assets" / "tokenizers"
-LLAMA_VOCAB_FILE = TOKENIZER_ASSETS / "llama-format-32k.model"
-QWEN_RANKS_FILE = TOKENIZER_ASSETS / "qwen2-151k.tiktoken"
-
-# The Qwen2 pre-tokenizer: like GPT-4's, but digits split one by one (\p{N} instead of \p{N}{1,3}).
-QWEN2_PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
-QWEN_ENDOFTEXT, QWEN_CHAT_SPECIALS = "<|endoftext|>", ("<|im_start|>", "<|im_end|>")
-
-LLAMA_PAD_TOKEN = "<PAD>"
-LLAMA_PAD_MULTIPLE = 64
 TINY_INIT_SEED = 7
 
 
@@ -61,63 +43,17 @@ def default_attn_implementation() -> str:
     return "flash_attention_2" if has_flash and torch.cuda.is_available() else "sdpa"
 
 
-# === Packaged vocabularies ===
-def packaged_llama_tokenizer() -> PreTrainedTokenizerBase:
-    """Llama-2-format tokenizer from the packaged SentencePiece model (legacy mode, BOS added, no pad yet)."""
-    kwargs = LlamaTokenizer.convert_to_native_format(vocab_file=str(LLAMA_VOCAB_FILE), legacy=True)
-    return LlamaTokenizer(**kwargs, add_bos_token=True)
-
-
-@functools.lru_cache(maxsize=1)
-def _qwen_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    # Rebuilding BPE merges from 151k ranks takes ~1 s of Python; the result is immutable in use, so keep it.
-    vocab, merges = TikTokenConverter(vocab_file=str(QWEN_RANKS_FILE)).extract_vocab_merges_from_model(
-        str(QWEN_RANKS_FILE)
-    )
-    return vocab, merges
-
-
-def packaged_qwen_tokenizer(eos_token: str = QWEN_ENDOFTEXT) -> PreTrainedTokenizerBase:
-    """Qwen2.5 tokenizer from the packaged tiktoken ranks: byte-level BPE with the Qwen2 pre-tokenizer and NFC,
-    <|endoftext|>=151643 (also pad), <|im_start|>=151644, <|im_end|>=151645, no BOS. `eos_token` mirrors the hub:
-    <|endoftext|> for base models, <|im_end|> for Instruct models."""
-    vocab, merges = _qwen_vocab_and_merges()
-    tokenizer = Qwen2Tokenizer(
-        vocab=dict(vocab),
-        merges=list(merges),
-        unk_token=None,
-        bos_token=None,
-        eos_token=QWEN_ENDOFTEXT,
-        pad_token=QWEN_ENDOFTEXT,
-    )
-    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_CHAT_SPECIALS)})
-    if eos_token != QWEN_ENDOFTEXT:
-        tokenizer.eos_token = eos_token
-    return tokenizer
-
-
-def packaged_tokenizer(spec: LLMSpec) -> PreTrainedTokenizerBase:
-    if spec.family == "llama2":
-        return packaged_llama_tokenizer()
-    return packaged_qwen_tokenizer(stop_tokens(spec.family, spec.prompt_format)[0])
-
-
 # === Tokenizer ===
-def _family_tokenizer_kwargs(spec: LLMSpec) -> dict[str, object]:
-    # Llama: the legacy SentencePiece behaviour of the Llama-2 era (every chunk between special tokens gets the
-    # dummy-prefix space), which multi-turn prompts need to tokenize as their per-turn training strings.
-    return {"legacy": True, "add_bos_token": True} if spec.family == "llama2" else {}
-
-
 def load_tokenizer(
     spec: LLMSpec, pretrained_path: str | None, hf_token: str | None, inference_mode: bool
 ) -> tuple[PreTrainedTokenizerBase, bool]:
     """The tokenizer, and whether it is the packaged stand-in for a tokenizer that could not be found."""
+    traits = spec.traits
     if spec.tiny and pretrained_path is None:
-        return packaged_tokenizer(spec), False
+        return traits.build_packaged_tokenizer(spec.prompt_format), False
     source = pretrained_path or spec.hf_hub_path
     try:
-        return AutoTokenizer.from_pretrained(source, token=hf_token, **_family_tokenizer_kwargs(spec)), False
+        return AutoTokenizer.from_pretrained(source, token=hf_token, **traits.tokenizer_kwargs), False
     except (OSError, ValueError) as error:
         if not inference_mode:
             raise OSError(
@@ -125,29 +61,25 @@ def load_tokenizer(
                 "(config, weights and tokenizer files), or log in / pass `hf_token` for gated hub models."
             ) from error
         overwatch.warning(
-            f"No tokenizer at {source!r} ({type(error).__name__}); using the packaged {spec.family} vocabulary. "
-            + (
-                "It is NOT Llama-2's vocabulary (same format and special ids, different text ids): fine for "
-                "shape-only builds, wrong for generating with real weights."
-                if spec.family == "llama2"
-                else "It holds the real Qwen2.5 BPE ranks but only 3 of its special tokens."
-            )
+            f"No tokenizer at {source!r} ({type(error).__name__}); using the packaged {traits.name} vocabulary. "
+            + traits.packaged_vocabulary_note
         )
-        return packaged_tokenizer(spec), True
+        return traits.build_packaged_tokenizer(spec.prompt_format), True
 
 
-def _check_tokenizer(spec: LLMSpec, tokenizer: PreTrainedTokenizerBase) -> None:
+def _check_tokenizer(traits: LLMFamilyTraits, prompt_format: str, tokenizer: PreTrainedTokenizerBase) -> None:
     """The VLM splices visual tokens after token 0: BOS for Llama-2, the prompt's first token for Qwen (no BOS)."""
     with_specials = tokenizer("Testing 123", add_special_tokens=True).input_ids
     without = tokenizer("Testing 123", add_special_tokens=False).input_ids
-    if spec.family == "llama2" and (with_specials[0] != tokenizer.bos_token_id or without[0] == tokenizer.bos_token_id):
-        raise ValueError(f"The {spec.family} tokenizer {type(tokenizer).__name__} must prefix inputs with BOS.")
-    if spec.family == "qwen25" and with_specials != without:
-        raise ValueError(f"The Qwen2.5 tokenizer {type(tokenizer).__name__} must not add special tokens (no BOS).")
-    for token in stop_tokens(spec.family, spec.prompt_format):
+    name = type(tokenizer).__name__
+    if traits.bos_on_first_turn and (with_specials[0] != tokenizer.bos_token_id or without[0] == tokenizer.bos_token_id):
+        raise ValueError(f"The {traits.display_name} tokenizer {name} must prefix inputs with BOS.")
+    if not traits.bos_on_first_turn and with_specials != without:
+        raise ValueError(f"The {traits.display_name} tokenizer {name} must not add special tokens (no BOS).")
+    for token in traits.stop_tokens(prompt_format):
         token_id = tokenizer.convert_tokens_to_ids(token)
         if token_id is None or token_id == tokenizer.unk_token_id or tokenizer.decode([token_id]) != token:
-            raise ValueError(f"Tokenizer {type(tokenizer).__name__} lacks the stop token {token!r} of {spec.family}.")
+            raise ValueError(f"Tokenizer {name} lacks the stop token {token!r} of {traits.display_name}.")
 
 
 # === Model ===
@@ -177,32 +109,38 @@ def load_llm(
     )
 
 
+def _set_pad_token(traits: LLMFamilyTraits, llm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    if not traits.adds_pad_token:
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = traits.pad_token
+        return
+    if tokenizer.pad_token != traits.pad_token:
+        tokenizer.add_special_tokens({"pad_token": traits.pad_token})
+    # A no-op when already resized. New rows get the standard init, not the mean of old rows (which would also need
+    # real tensors on `meta`).
+    with _seeded_init():
+        llm.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=traits.pad_to_multiple_of, mean_resizing=False)
+
+
 def _prepare(
     spec: LLMSpec, llm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, llm_max_length: int, inference_mode: bool
 ) -> None:
     """Pad token, vocabulary size, cache and generation defaults, shared by every way of loading."""
-    if spec.family == "llama2":
-        if tokenizer.pad_token != LLAMA_PAD_TOKEN:
-            tokenizer.add_special_tokens({"pad_token": LLAMA_PAD_TOKEN})
-        # As the released recipe: 32001 tokens -> 32064 rows (tensor-core friendly). A no-op when already resized.
-        # New rows get the standard init, not the mean of old rows (which would also need real tensors on `meta`).
-        with _seeded_init():
-            llm.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=LLAMA_PAD_MULTIPLE, mean_resizing=False)
-    elif tokenizer.pad_token is None:
-        tokenizer.pad_token = QWEN_ENDOFTEXT
+    traits = spec.traits
+    _set_pad_token(traits, llm, tokenizer)
     if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
         raise ValueError(
             f"The tokenizer has {len(tokenizer)} tokens but the model only "
             f"{llm.get_input_embeddings().num_embeddings} embeddings; tokenizer and weights do not belong together."
         )
-    _check_tokenizer(spec, tokenizer)
+    _check_tokenizer(traits, spec.prompt_format, tokenizer)
     tokenizer.model_max_length = llm_max_length
-    tokenizer.padding_side = "right"
+    tokenizer.padding_side = traits.padding_side
 
     llm.config.pad_token_id = tokenizer.pad_token_id
     llm.config.use_cache = inference_mode  # no KV cache while training (and none under gradient checkpointing)
     # A clean generation config: the hub's (e.g. Qwen-Instruct's top_k / repetition_penalty) is not inherited.
-    eos_ids = [int(tokenizer.convert_tokens_to_ids(t)) for t in stop_tokens(spec.family, spec.prompt_format)]
+    eos_ids = [int(tokenizer.convert_tokens_to_ids(t)) for t in traits.stop_tokens(spec.prompt_format)]
     llm.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id
     )

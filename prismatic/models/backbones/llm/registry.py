@@ -13,8 +13,11 @@ local directory's) config.json instead; the in-code numbers are the published on
 | Qwen2.5-7B       | 3584   | 18944 | 28     | 28    | 4        | 152064 | no   |
 
 Llama-2 (and Vicuna v1.5): context 4096, RMSNorm eps 1e-5, RoPE theta 1e4. Qwen2.5: context 32768, eps 1e-6, RoPE
-theta 1e6, biases on q/k/v (built into transformers' Qwen2 attention). Tiny ids are 2-layer, width-64 models with the
-real vocabulary sizes, for CPU tests.
+theta 1e6, biases on q/k/v (built into transformers' Qwen2 attention). Tiny ids are 2-layer, width-128 models with
+the real vocabulary sizes, for CPU tests.
+
+What a family does differently (prompt formats, tokenization, pad and stop tokens) is in `families.py`. Importing this
+module does not import transformers (the config layer imports it on `--help`); the configs are built on demand.
 """
 
 from __future__ import annotations
@@ -22,29 +25,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal, get_args
+from typing import TYPE_CHECKING
 
-from transformers import LlamaConfig, PretrainedConfig, Qwen2Config
-
+from prismatic.models.backbones.llm.families import LLAMA2, QWEN25, LLMFamilyTraits, get_family_traits
 from prismatic.models.backbones.llm.prompting import PromptFormat
 
-LLMFamily = Literal["llama2", "qwen25"]
-LLM_FAMILIES: tuple[str, ...] = get_args(LLMFamily)
-
-# Which prompt formats each family can speak (chat formats are tied to their tokenizer's special tokens).
-FAMILY_PROMPT_FORMATS: dict[str, tuple[str, ...]] = {
-    "llama2": ("base", "llama2-chat", "vicuna"),
-    "qwen25": ("base", "qwen-chat"),
-}
-
-# Special-token ids of the two vocabularies (Qwen's three specials follow its 151,643 BPE tokens).
-LLAMA2_BOS_ID, LLAMA2_EOS_ID = 1, 2
-QWEN_ENDOFTEXT_ID, QWEN_IM_START_ID, QWEN_IM_END_ID = 151643, 151644, 151645
+if TYPE_CHECKING:
+    from transformers import LlamaConfig, PretrainedConfig, Qwen2Config
 
 
+# The config classes are imported inside the builders: the config layer imports this module even for `--help`.
 def llama2_config(
     hidden_size: int, intermediate_size: int, num_layers: int, num_heads: int, max_positions: int = 4096
 ) -> LlamaConfig:
+    from transformers import LlamaConfig
+
     return LlamaConfig(
         vocab_size=32000,
         hidden_size=hidden_size,
@@ -55,8 +50,8 @@ def llama2_config(
         max_position_embeddings=max_positions,
         rms_norm_eps=1e-5,
         rope_parameters={"rope_type": "default", "rope_theta": 10_000.0},
-        bos_token_id=LLAMA2_BOS_ID,
-        eos_token_id=LLAMA2_EOS_ID,
+        bos_token_id=LLAMA2.special_ids["<s>"],
+        eos_token_id=LLAMA2.special_ids["</s>"],
         tie_word_embeddings=False,
     )
 
@@ -71,6 +66,9 @@ def qwen25_config(
     instruct: bool,
     vocab_size: int = 151936,
 ) -> Qwen2Config:
+    from transformers import Qwen2Config
+
+    endoftext, im_end = QWEN25.special_ids["<|endoftext|>"], QWEN25.special_ids["<|im_end|>"]
     return Qwen2Config(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
@@ -84,26 +82,30 @@ def qwen25_config(
         tie_word_embeddings=tie_word_embeddings,
         use_sliding_window=False,
         # As the hub configs: base models end documents with <|endoftext|>, Instruct models end turns with <|im_end|>.
-        bos_token_id=QWEN_ENDOFTEXT_ID,
-        eos_token_id=QWEN_IM_END_ID if instruct else QWEN_ENDOFTEXT_ID,
+        bos_token_id=endoftext,
+        eos_token_id=im_end if instruct else endoftext,
     )
 
 
 @dataclass(frozen=True)
 class LLMSpec:
-    """One registered LLM. `hf_hub_path` is None for tiny ids, which have no hub twin."""
+    """One registered LLM. `family` keys `families.LLM_FAMILIES` (see `traits`); `hf_hub_path` is None for tiny ids,
+    which have no hub twin."""
 
     hf_hub_path: str | None
-    family: LLMFamily
+    family: str
     prompt_format: PromptFormat
     config_factory: Callable[[], PretrainedConfig]
     tiny: bool = False
 
     def __post_init__(self) -> None:
-        if self.prompt_format not in FAMILY_PROMPT_FORMATS[self.family]:
-            raise ValueError(f"Prompt format {self.prompt_format!r} does not fit the {self.family!r} family.")
+        self.traits.stop_tokens(self.prompt_format)  # raises for a format the family does not speak
         if self.hf_hub_path is None and not self.tiny:
             raise ValueError("Only tiny LLM specs may omit `hf_hub_path`.")
+
+    @property
+    def traits(self) -> LLMFamilyTraits:
+        return get_family_traits(self.family)
 
     def build_config(self) -> PretrainedConfig:
         """A fresh architecture config (a new object each call, so callers may edit it)."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn as nn
@@ -91,6 +91,19 @@ class VisionBackbone(nn.Module, ABC):
     def trainable_module_names(self) -> tuple[str, ...]:
         """Submodules that train even when the backbone is frozen (e.g. the VAE-only ablation's conv stem)."""
         return ()
+
+    def generative_parts(self) -> dict[str, nn.Module]:
+        """The generative encoder's parts that a stage may unfreeze, by name ("unet", "vae" where they exist): the
+        keys of `Stage.generative_parts`. Empty for static-only backbones."""
+        return {}
+
+    def cache_description(self) -> dict[str, Any]:
+        """The configuration that, with the weights, determines this encoder's output: the feature cache hashes it into
+        the fingerprint that names the encoder's cache directory. Hub ids and local paths stay out (the same weights
+        loaded either way share one cache). Changing what an encoder returns here renames its cache directories, so
+        every existing cache of it misses. This default (the class) suits encoders whose weights are their whole
+        configuration."""
+        return {"kind": f"{type(self).__module__}.{type(self).__qualname__}"}
 
     @property
     def num_visual_tokens(self) -> int:
@@ -175,8 +188,3 @@ VARIABLE_LENGTH_KEYS: frozenset[str] = frozenset({"svd", "vae"})
 
 def key_is_variable(key: str) -> bool:
     return key in VARIABLE_LENGTH_KEYS
-
-
-def index_pixel_values(pixel_values: PixelValues, index: torch.Tensor) -> PixelValues:
-    """Select batch rows (e.g. the rows that have images in a mixed batch) from every tensor of a pixel dict."""
-    return {k: v[index] for k, v in pixel_values.items()}

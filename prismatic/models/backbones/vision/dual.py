@@ -33,6 +33,8 @@ class MergedTransform:
 
 
 class DualStreamBackbone(VisionBackbone):
+    """A static member and a generative member; the feature cache describes (and keys) each member on its own."""
+
     def __init__(self, vision_backbone_id: str, static: VisionBackbone, generative: VisionBackbone) -> None:
         super().__init__(vision_backbone_id)
         overlap = {s.name for s in static.streams} & {s.name for s in generative.streams}
@@ -51,6 +53,9 @@ class DualStreamBackbone(VisionBackbone):
     def stream_encoders(self) -> dict[str, VisionBackbone]:
         # Each stream's own member, so a cached stream never runs (or fingerprints) the other encoder.
         return {**self.static.stream_encoders(), **self.generative.stream_encoders()}
+
+    def generative_parts(self) -> dict[str, nn.Module]:
+        return self.generative.generative_parts()
 
     @property
     def fsdp_wrap_modules(self) -> tuple[type[nn.Module], ...]:

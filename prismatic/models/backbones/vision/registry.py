@@ -15,13 +15,11 @@ GenerativeKind = Literal["svd", "vae"]
 
 @dataclass(frozen=True)
 class VisionBackboneSpec:
+    """What a backbone id is made of: a static encoder, a generative one, or both (dual-stream)."""
+
     static_id: str | None  # a key of timm_vit.STATIC_ENCODERS or timm_vit.DINOSIGLIP_ENCODERS
     generative: GenerativeKind | None
-    tiny: bool = False
-
-    @property
-    def is_dual(self) -> bool:
-        return self.static_id is not None and self.generative is not None
+    tiny: bool = False  # seeded random test-size encoders (the generative one built from svd_config.TINY_SVD_CONFIG)
 
 
 _STATIC = {
@@ -48,7 +46,7 @@ VISION_BACKBONES: dict[str, VisionBackboneSpec] = {
     "tiny-vae-only": VisionBackboneSpec(None, "vae", tiny=True),
 }
 
-# The spellings used by the authors' code and README (SPEC 2.9) resolve to the ids above.
+# The spellings used by the authors' code and README resolve to the ids above.
 VISION_BACKBONE_ALIASES: dict[str, str] = {
     "svd-only": "svd",
     "dyva-svd": "svd",

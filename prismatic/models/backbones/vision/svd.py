@@ -1,7 +1,7 @@
 """The generative vision encoder: one Stable Video Diffusion U-Net query turned into "dynamics-aware" tokens.
 
 `SVDGenerativeEncoder` emits the `"svd"` stream: T frame slots x (h' x w') tokens of the U-Net's last down block
-(frame-major), 392 x 1280 at 448 px and T = 8. Two computations (SPEC 2.2, 2.3):
+(frame-major), 392 x 1280 at 448 px and T = 8. Two computations (stated exactly in `docs/model.md`):
 
 - `release` (default): what the authors' released checkpoints were trained on. Pure noise in the U-Net's noisy
   channels, the image's unscaled noise-augmented VAE latent in its conditioning channels (keyframes in their slots),
@@ -23,7 +23,8 @@ from __future__ import annotations
 import copy
 import itertools
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -48,6 +49,7 @@ from prismatic.models.backbones.vision.svd_unet import (
     SVDImageTransform,
     SVDNoise,
     draw_noise,
+    euler_step,
     keyframe_slots,
     resize_with_antialiasing,
     run_unet,
@@ -145,10 +147,22 @@ class SVDGenerativeEncoder(VisionBackbone):
     def forward(self, pixel_values: PixelValues) -> dict[str, torch.Tensor]:
         return {self.stream_name: self.encode(pixel_values).features}
 
+    def generative_parts(self) -> dict[str, nn.Module]:
+        return {"unet": self.unet, "vae": self.vae}
+
+    def cache_description(self) -> dict[str, Any]:
+        # Every option but where the weights come from (the weights digest covers them), plus the sigmas' scheduler
+        # and the CLIP preprocessing, which the checkpoint supplies.
+        config = {k: v for k, v in asdict(self.config).items() if k not in ("model_id", "variant")}
+        scheduler = {k: v for k, v in self.scheduler_config.items() if not k.startswith("_")}
+        clip = {"mean": self.clip_mean, "std": self.clip_std, "size": self.clip_size}
+        return {"kind": "svd", "config": config, "scheduler": scheduler, "clip": clip}
+
     @property
     def fsdp_wrap_modules(self) -> tuple[type[nn.Module], ...]:
-        """U-Net blocks and CLIP layers as their own FSDP units. Never make the U-Net or the VAE themselves units:
-        their `forward` is bypassed (blocks are called directly, the VAE through `encode`), so hooks on it never fire."""
+        """U-Net blocks and CLIP layers as their own FSDP units. Never make the U-Net or the VAE themselves units: the
+        feature pass bypasses their `forward` (blocks are called directly, the VAE through `encode`), so hooks on it
+        would not fire."""
         return (
             CrossAttnDownBlockSpatioTemporal,
             DownBlockSpatioTemporal,
@@ -289,23 +303,13 @@ class SVDGenerativeEncoder(VisionBackbone):
             first_input = torch.cat([(z0.float() * c_in).to(dtype), cond_latents], dim=2)
             prediction = run_unet(self.unet, first_input, timestep, conditioning, stop="full")
             sigma1, timestep1 = self.sigmas[i + 1].to(device), self.timesteps[i + 1].to(device)
-            z1 = self._euler_step(prediction, z0, sigma, sigma1)
+            z1 = euler_step(prediction, z0, sigma, sigma1)
             c_in1 = 1.0 / (sigma1**2 + 1) ** 0.5
             unet_input = torch.cat([(z1.float() * c_in1).to(dtype), cond_latents], dim=2)
             hidden = out = run_unet(self.unet, unet_input, timestep1, conditioning, stop=cfg.tap)
 
         features = out.permute(0, 1, 3, 4, 2).reshape(batch_size, -1, self.embed_dim)  # frame-major (t, h, w)
         return SVDEncoding(features, hidden, unet_input, cond_latents, image_embeds, z0, z1, noise)
-
-    @staticmethod
-    def _euler_step(
-        prediction: torch.Tensor, sample: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor
-    ) -> torch.Tensor:
-        """One Euler step of a v-prediction model (s_churn = 0), in float32 like diffusers' EulerDiscreteScheduler."""
-        sample32 = sample.float()
-        denoised = prediction.float() * (-sigma / (sigma**2 + 1) ** 0.5) + sample32 / (sigma**2 + 1)
-        derivative = (sample32 - denoised) / sigma
-        return (sample32 + derivative * (sigma_next - sigma)).to(prediction.dtype)
 
 
 class VAEOnlyBackbone(VisionBackbone):
@@ -378,6 +382,14 @@ class VAEOnlyBackbone(VisionBackbone):
     @property
     def trainable_module_names(self) -> tuple[str, ...]:
         return ("stem",)
+
+    def generative_parts(self) -> dict[str, nn.Module]:
+        return {"vae": self.vae}
+
+    def cache_description(self) -> dict[str, Any]:
+        # `variant` stays in (unlike the SVD encoder's description), as it always has: dropping it now would rename
+        # every existing VAE-only cache directory.
+        return {"kind": "vae-only", "config": {k: v for k, v in asdict(self.config).items() if k != "model_id"}}
 
     def get_image_transform(self) -> SVDImageTransform:
         return SVDImageTransform(self.config.image_size, max_images=1, key=self.stream_name, first_only=True)

@@ -1,12 +1,13 @@
 """Configuration of the generative (Stable Video Diffusion) encoder: which checkpoint, which computation, which noise.
 
-`release` mode reproduces what the authors' released checkpoints were trained on (SPEC 2.2); `paper` mode follows the
-paper's equations (SPEC 2.3). Every field is a plain value so it can live in a draccus config and in `config.json`.
+`release` mode reproduces what the authors' released checkpoints were trained on; `paper` mode follows the paper's
+equations (both are stated exactly in `docs/model.md`). Every field is a plain value so it can live in a draccus config
+and in `config.json`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 SVDMode = Literal["release", "paper"]
@@ -57,5 +58,7 @@ class SVDEncoderConfig:
             return self.placement
         return "cond-slots" if self.mode == "release" else "z0-slots"
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+
+# The tiny generative encoders (`tiny-*` backbone ids, tests, the CPU demo): seeded random components at 64 px, see
+# `svd_components.build_tiny_svd_components`.
+TINY_SVD_CONFIG = SVDEncoderConfig(model_id=None, image_size=64)

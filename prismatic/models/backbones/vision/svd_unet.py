@@ -1,11 +1,11 @@
 """Building blocks of the SVD encoder: the uint8 frame transform, keyframe slots, the CLIP antialiased resize, seeded
-noise, and a truncatable U-Net forward.
+noise, and the U-Net passes (with paper mode's Euler step).
 
-The U-Net forward here walks diffusers' `UNetSpatioTemporalConditionModel` submodules (time and added-time embeddings,
-conv_in, down blocks, mid block, up blocks, output head) and can stop after the down path ("pre-mid") or after the
-mid block ("post-mid"): the released features only ever use the last down block's output, so running mid and up
-blocks would be wasted work (about 2/3 of the U-Net FLOPs). The conditioning (CLIP embedding repeated per frame and
-the added-time embedding) is computed once and shared by every pass.
+`run_unet` runs diffusers' `UNetSpatioTemporalConditionModel` either whole (its own forward, for paper mode's Euler
+step) or truncated after the down path ("pre-mid") or after the mid block ("post-mid"). The released features only
+ever use the last down block's output, so running the mid and up blocks would be wasted work (about 2/3 of the U-Net
+FLOPs); diffusers' forward cannot stop early, hence the short partial forward here. The conditioning (CLIP embedding
+and added-time ids) is prepared once and shared by every pass.
 """
 
 from __future__ import annotations
@@ -163,26 +163,23 @@ def draw_noise(
 class UNetConditioning:
     """Per-sample conditioning, computed once and shared by every U-Net pass."""
 
-    encoder_hidden_states: torch.Tensor  # [B * T, 1, D]: the CLIP image embedding repeated per frame
-    added_embedding: torch.Tensor  # [B, E]: add_embedding(sinusoids of [fps - 1, motion_bucket_id, noise_aug])
+    image_embeds: torch.Tensor  # [B, 1, D]: the CLIP image embedding, in the U-Net's dtype (diffusers' forward input)
+    added_time_ids: torch.Tensor  # [B, 3]: [fps - 1, motion_bucket_id, noise_aug] (diffusers' forward input)
+    encoder_hidden_states: torch.Tensor  # [B * T, 1, D]: image_embeds repeated per frame (the truncated passes)
+    added_embedding: torch.Tensor  # [B, E]: add_embedding(sinusoids of added_time_ids) (the truncated passes)
     num_frames: int
 
 
 def unet_conditioning(
     unet: UNetSpatioTemporalConditionModel, image_embeds: torch.Tensor, added_time_ids: torch.Tensor, num_frames: int
 ) -> UNetConditioning:
-    """image_embeds [B, 1, D] and added_time_ids [B, 3] -> the conditioning the U-Net blocks consume."""
+    """image_embeds [B, 1, D] and added_time_ids [B, 3] -> the conditioning the U-Net passes consume."""
     batch_size, dtype = image_embeds.shape[0], unet.dtype
     time_features = unet.add_time_proj(added_time_ids.flatten()).reshape(batch_size, -1).to(dtype)
     added_embedding = unet.add_embedding(time_features)
-    encoder_hidden_states = image_embeds.to(dtype).repeat_interleave(num_frames, dim=0)
-    return UNetConditioning(encoder_hidden_states, added_embedding, num_frames)
-
-
-def _block_kwargs(block: torch.nn.Module, cond: UNetConditioning) -> dict:
-    if getattr(block, "has_cross_attention", False):
-        return {"encoder_hidden_states": cond.encoder_hidden_states}
-    return {}
+    image_embeds = image_embeds.to(dtype)
+    encoder_hidden_states = image_embeds.repeat_interleave(num_frames, dim=0)
+    return UNetConditioning(image_embeds, added_time_ids, encoder_hidden_states, added_embedding, num_frames)
 
 
 # CUDA's limit on a grid's y/z dimension. The temporal attention of the first level runs batch x h x w sequences of
@@ -198,9 +195,10 @@ def max_rows_per_call(sample: torch.Tensor) -> int:
 
 
 def _rows(cond: UNetConditioning, start: int, count: int) -> UNetConditioning:
-    frames = cond.num_frames
-    return UNetConditioning(cond.encoder_hidden_states[start * frames : (start + count) * frames],
-                            cond.added_embedding[start : start + count], frames)  # fmt: skip
+    frames, stop = cond.num_frames, start + count
+    return UNetConditioning(cond.image_embeds[start:stop], cond.added_time_ids[start:stop],
+                            cond.encoder_hidden_states[start * frames : stop * frames],
+                            cond.added_embedding[start:stop], frames)  # fmt: skip
 
 
 def run_unet(
@@ -212,8 +210,8 @@ def run_unet(
 ) -> torch.Tensor:
     """The U-Net on sample [B, T, 8, h, w] at one scalar timestep, up to `stop`; returns [B, T, C, h', w'].
 
-    "pre-mid" = output of the last down block; "post-mid" = output of the mid block; "full" = the U-Net's prediction
-    (the same value as `unet(...).sample`). Blocks after `stop` are never called.
+    "pre-mid" = output of the last down block; "post-mid" = output of the mid block; "full" = the U-Net's prediction,
+    `unet(...).sample` itself. Blocks after `stop` are never called.
     """
     batch_size, num_frames = sample.shape[:2]
     if num_frames != cond.num_frames:
@@ -223,39 +221,46 @@ def run_unet(
         parts = [run_unet(unet, sample[i : i + rows], timestep, _rows(cond, i, rows), stop)
                  for i in range(0, batch_size, rows)]  # fmt: skip
         return torch.cat(parts)
-    timesteps = timestep.reshape(1).to(sample.device).expand(batch_size)
-    # The sinusoidal projection has no weights and returns float32: cast before the (maybe half precision) MLP.
-    emb = unet.time_embedding(unet.time_proj(timesteps).to(sample.dtype)) + cond.added_embedding
-    emb = emb.repeat_interleave(num_frames, dim=0)
+    timesteps = timestep.reshape(1).to(sample.device)
+    if stop == "full":
+        return unet(sample, timesteps, cond.image_embeds, cond.added_time_ids).sample
+    return _truncated_forward(unet, sample, timesteps, cond, stop)
 
+
+def _truncated_forward(
+    unet: UNetSpatioTemporalConditionModel,
+    sample: torch.Tensor,
+    timesteps: torch.Tensor,
+    cond: UNetConditioning,
+    stop: Literal["pre-mid", "post-mid"],
+) -> torch.Tensor:
+    """diffusers' `UNetSpatioTemporalConditionModel.forward` up to the end of the down path or of the mid block.
+
+    Kept because that forward cannot stop early: the features are the last down block's (or the mid block's) output,
+    and the blocks after it are dropped from release-mode encoders (`drop_unused_modules`). Same operations in the same
+    order as diffusers, so the same values."""
+    batch_size, num_frames = sample.shape[:2]
+    # The sinusoidal projection has no weights and returns float32: cast before the (maybe half precision) MLP.
+    emb = unet.time_embedding(unet.time_proj(timesteps.expand(batch_size)).to(sample.dtype)) + cond.added_embedding
+    emb = emb.repeat_interleave(num_frames, dim=0)
     hidden = unet.conv_in(sample.flatten(0, 1))
     indicator = torch.zeros(batch_size, num_frames, dtype=hidden.dtype, device=hidden.device)
     common = {"temb": emb, "image_only_indicator": indicator}
-    skips: list[torch.Tensor] = [hidden]
+    cross_attention = {"encoder_hidden_states": cond.encoder_hidden_states}
     for block in unet.down_blocks:
-        hidden, block_skips = block(hidden_states=hidden, **common, **_block_kwargs(block, cond))
-        skips.extend(block_skips)
-    if stop == "pre-mid":
-        return hidden.unflatten(0, (batch_size, num_frames))
-
-    hidden = unet.mid_block(hidden_states=hidden, encoder_hidden_states=cond.encoder_hidden_states, **common)
+        # Plain blocks have no `has_cross_attention` and take no context (diffusers tests it the same way).
+        context = cross_attention if getattr(block, "has_cross_attention", False) else {}
+        hidden, _ = block(hidden_states=hidden, **common, **context)
     if stop == "post-mid":
-        return hidden.unflatten(0, (batch_size, num_frames))
-
-    # Nearest upsampling doubles sizes; when the latent is not a multiple of the total factor, each up block must be
-    # told the size of the skip it meets next.
-    needs_sizes = any(s % 2**unet.num_upsamplers != 0 for s in sample.shape[-2:])
-    for i, block in enumerate(unet.up_blocks):
-        num_skips = len(block.resnets)
-        block_skips, skips = tuple(skips[-num_skips:]), skips[:-num_skips]
-        is_last = i == len(unet.up_blocks) - 1
-        upsample_size = skips[-1].shape[2:] if needs_sizes and not is_last else None
-        hidden = block(
-            hidden_states=hidden,
-            res_hidden_states_tuple=block_skips,
-            upsample_size=upsample_size,
-            **common,
-            **_block_kwargs(block, cond),
-        )
-    hidden = unet.conv_out(unet.conv_act(unet.conv_norm_out(hidden)))
+        hidden = unet.mid_block(hidden_states=hidden, **cross_attention, **common)
     return hidden.unflatten(0, (batch_size, num_frames))
+
+
+def euler_step(
+    prediction: torch.Tensor, sample: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor
+) -> torch.Tensor:
+    """One Euler step of a v-prediction model (s_churn = 0), in float32 like diffusers' EulerDiscreteScheduler."""
+    sample32 = sample.float()
+    denoised = prediction.float() * (-sigma / (sigma**2 + 1) ** 0.5) + sample32 / (sigma**2 + 1)
+    derivative = (sample32 - denoised) / sigma
+    return (sample32 + derivative * (sigma_next - sigma)).to(prediction.dtype)

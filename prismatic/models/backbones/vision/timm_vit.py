@@ -6,7 +6,8 @@ key, small architecture overrides for the tiny test twins) and registered in `ST
 Features follow prismatic / the released DyVA: the patch tokens of the *second-to-last* transformer block, without the
 final norm and without prefix tokens (CLS, registers). Unlike the released code we never run the last block: after the
 full checkpoint is loaded, the model is truncated (last block, final norm, pooling and head removed), so every
-remaining parameter is on the gradient path of the features (DDP and DCP optimizer loading fail otherwise, SPEC 5).
+remaining parameter is on the gradient path of the features (DDP and DCP optimizer loading fail on parameters that
+never get a gradient).
 
 Weights come from the Hugging Face hub (timm's default source) or from a local directory in the layout that timm's
 own `timm.models.save_for_hf(model, dir, safe_serialization=True)` writes (`config.json` + `model.safetensors`),
@@ -19,7 +20,7 @@ given a directory.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +211,10 @@ class TimmViTBackbone(VisionBackbone):
     def get_image_transform(self) -> PixelDictTransform:
         return self._transform
 
+    def cache_description(self) -> dict[str, Any]:
+        return {"kind": "timm-vit", "spec": asdict(self.spec), "pixel_config": asdict(self.spec.pixel_config),
+                "image_resize_strategy": self.image_resize_strategy}  # fmt: skip
+
     @property
     def fsdp_wrap_modules(self) -> tuple[type[nn.Module], ...]:
         return tuple({type(block) for block in self.featurizer.blocks})
@@ -276,6 +281,9 @@ class DinoSigLIPBackbone(VisionBackbone):
 
     def get_image_transform(self) -> PixelDictTransform:
         return self._transform
+
+    def cache_description(self) -> dict[str, Any]:
+        return {"kind": "dinosiglip", "dino": self.dino.cache_description(), "siglip": self.siglip.cache_description()}
 
     @property
     def fsdp_wrap_modules(self) -> tuple[type[nn.Module], ...]:

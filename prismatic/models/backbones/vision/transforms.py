@@ -114,7 +114,7 @@ class PixelDictTransform:
         self.transforms = dict(transforms)
 
     def __call__(self, images: Images) -> PixelValues:
-        # Static encoders see image 1 only (SPEC 2.1); the generative stream is what consumes the other frames.
+        # Static encoders see image 1 only (as in the released DyVA); the generative stream consumes the other frames.
         first = as_image_list(images)[0]
         return {key: transform(first) for key, transform in self.transforms.items()}
 

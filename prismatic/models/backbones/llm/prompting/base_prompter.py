@@ -1,7 +1,7 @@
 """Multi-turn prompt builders: the exact strings an LLM sees in training and at inference.
 
 A `PromptBuilder` turns a LLaVA-style conversation into text, one turn at a time. `add_turn` returns the exact string
-of that turn as the training data tokenizes it (each turn separately, see `LLMBackbone.tokenize_conversation`), and
+of that turn as the training data tokenizes it (each turn separately, see `ConversationTokenizer`), and
 `get_prompt` returns the inference prompt, which must tokenize to the same ids as the training prefix.
 
 This module holds the abstract builder and the "base" format that the `-pure` (non-chat) models use:
@@ -78,18 +78,9 @@ class PromptBuilder(ABC):
         self.turn_count += 1
         return wrapped
 
-    def _finish(self, prompt: str) -> str:
-        return prompt.rstrip() if self.strip_turns else prompt
-
     def get_prompt(self) -> str:
         """The inference prompt: the turns so far, as the model saw them in training (BOS comes from the tokenizer)."""
-        return self._finish(self.prompt)
-
-    def get_potential_prompt(self, message: str) -> str:
-        """The prompt `get_prompt()` would return after adding `message` as the next human turn (builder unchanged)."""
-        if self.next_role != "human":
-            raise ValueError("get_potential_prompt() needs the human's turn; add the pending gpt turn first.")
-        return self._finish(self.prompt + self.wrap_human(clean_message(message), first=self.turn_count == 0))
+        return self.prompt.rstrip() if self.strip_turns else self.prompt
 
 
 class PurePromptBuilder(PromptBuilder):

@@ -1,10 +1,11 @@
-"""Identity of each vision stream's encoder, for the frozen-feature cache: what it reads, and a fingerprint of
-everything that determines what it computes.
+"""Identity of each vision stream's encoder: what it reads, and a fingerprint of everything that determines what it
+computes.
 
 A cached feature is only valid for the exact computation that produced it. `stream_identities(backbone)` describes the
 encoder of every stream (its member of a dual backbone) by
-- its configuration: the timm spec, pixel statistics and resize strategy of a static encoder; every `SVDEncoderConfig`
-  option of the generative one plus its scheduler (sigmas) and CLIP preprocessing; the stream's width and length;
+- its configuration, `VisionBackbone.cache_description()`: the timm spec, pixel statistics and resize strategy of a
+  static encoder; every `SVDEncoderConfig` option of the generative one plus its scheduler (sigmas) and CLIP
+  preprocessing; and the stream's width and length;
 - a SHA-256 of its weights and buffers as they will compute, so the checkpoint, the dtype (bf16 under mixed precision)
   and any local change are covered. Hub ids and local paths are left out on purpose: the same weights loaded from a hub
   id or from a local snapshot share one cache;
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -29,8 +30,6 @@ import torch
 from PIL import Image
 
 from prismatic.models.backbones.vision.base_vision import PixelValues, VisionBackbone
-from prismatic.models.backbones.vision.svd import SVDGenerativeEncoder, VAEOnlyBackbone
-from prismatic.models.backbones.vision.timm_vit import DinoSigLIPBackbone, TimmViTBackbone
 
 # Bump when the stored layout or the meaning of a feature changes: every old cache then misses.
 CACHE_FORMAT_VERSION = 1
@@ -102,23 +101,6 @@ def _library_versions() -> dict[str, str]:
     return versions
 
 
-def _describe(encoder: VisionBackbone) -> dict[str, Any]:
-    """The configuration that, with the weights, determines an encoder's output (paths and hub ids left out)."""
-    if isinstance(encoder, TimmViTBackbone):
-        return {"kind": "timm-vit", "spec": asdict(encoder.spec), "pixel_config": asdict(encoder.spec.pixel_config),
-                "image_resize_strategy": encoder.image_resize_strategy}  # fmt: skip
-    if isinstance(encoder, DinoSigLIPBackbone):
-        return {"kind": "dinosiglip", "dino": _describe(encoder.dino), "siglip": _describe(encoder.siglip)}
-    if isinstance(encoder, SVDGenerativeEncoder):
-        config = {k: v for k, v in asdict(encoder.config).items() if k not in ("model_id", "variant")}
-        scheduler = {k: v for k, v in encoder.scheduler_config.items() if not k.startswith("_")}
-        clip = {"mean": encoder.clip_mean, "std": encoder.clip_std, "size": encoder.clip_size}
-        return {"kind": "svd", "config": config, "scheduler": scheduler, "clip": clip}
-    if isinstance(encoder, VAEOnlyBackbone):
-        return {"kind": "vae-only", "config": {k: v for k, v in asdict(encoder.config).items() if k != "model_id"}}
-    return {"kind": f"{type(encoder).__module__}.{type(encoder).__qualname__}"}  # the weights digest still applies
-
-
 def pixel_keys_of(encoder: VisionBackbone) -> tuple[str, ...]:
     """The pixel-dict keys an encoder's own transform produces (so, the tensors it reads)."""
     return tuple(sorted(encoder.get_image_transform()(Image.new("RGB", (16, 16)))))
@@ -144,7 +126,7 @@ def stream_identities(backbone: VisionBackbone, streams: list[str] | None = None
         description = {
             "format": CACHE_FORMAT_VERSION,
             "stream": {"name": name, "embed_dim": spec.embed_dim, "num_tokens": spec.num_tokens},
-            "encoder": _describe(encoder),
+            "encoder": encoder.cache_description(),
             "dtypes": dtypes,
             "weights_sha256": digests[id(encoder)],
             "versions": _library_versions(),

@@ -9,7 +9,8 @@ Two layouts are read, and nothing is ever unpickled beyond tensors:
   encoder runs in our deterministic `release` mode, which computes what those weights were trained on.
 
 Frozen encoders come from their own sources (hub ids or the local directories recorded in the config); the LLM is
-built from its config and then overwritten by the checkpoint, so its base weights are never downloaded.
+built from its config and then overwritten by the checkpoint, so its base weights are never downloaded. The model is
+built by the one assembly path (`prismatic.assembly.build_vlm`), so it is the model training built.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import draccus
 import torch
 from safetensors.torch import load_file
 
+from prismatic.assembly import build_vlm
 from prismatic.conf.models import DEFAULT_MODEL_TYPE, MODEL_CONFIGS, ModelConfig, get_model_config
-from prismatic.models.materialize import get_llm_backbone_and_tokenizer, get_vision_backbone_and_transform, get_vlm
 from prismatic.models.projectors import strip_compiled_prefix
 from prismatic.models.vlms.prismatic import PrismaticVLM
 from prismatic.overwatch import initialize_overwatch
@@ -111,12 +112,14 @@ def _load_run(run_dir: Path, hf_token: str | None) -> PrismaticVLM:
         )
     config = json.loads((run_dir / RUN_CONFIG).read_text())
     model_cfg = draccus.decode(ModelConfig, config["model"])
+    if config.get("num_frames"):  # the frame slots the run trained with (pretrain.py writes both; this one wins)
+        model_cfg.svd_num_frames = int(config["num_frames"])
     weights = load_file(run_dir / RUN_WEIGHTS)
     # An align-stage export holds the projector only: the LLM then needs its pretrained weights.
     llm_in_checkpoint = any(k.startswith("llm_backbone.") for k in weights)
-    vlm = _build(model_cfg, config.get("num_frames"), hf_token, load_llm_weights=not llm_in_checkpoint)
+    vlm = build_vlm(model_cfg, hf_token=hf_token, llm_weights=not llm_in_checkpoint)
     _load_state(vlm, weights, run_dir / RUN_WEIGHTS)
-    return _for_inference(vlm)
+    return vlm
 
 
 # === The authors' release layout ===
@@ -131,33 +134,13 @@ def _load_release(config_file: Path, checkpoint_file: Path, hf_token: str | None
                 "llm_max_length"):  # fmt: skip
         if key in released:
             setattr(model_cfg, key, released[key])
-    # The released code always ran T = 8 (it ignored num_frames for dyva_* backbones).
-    vlm = _build(model_cfg, 8, hf_token, load_llm_weights=False)
+    model_cfg.svd_num_frames = 8  # the released code always ran T = 8 (it ignored num_frames for dyva_* backbones)
+    vlm = build_vlm(model_cfg, hf_token=hf_token, llm_weights=False)
     checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=True)["model"]
     state = {f"projector.{k}": v for k, v in strip_compiled_prefix(checkpoint["projector"]).items()}
     state |= {f"llm_backbone.{k}": v for k, v in checkpoint["llm_backbone"].items()}
     _load_state(vlm, state, checkpoint_file)
-    return _for_inference(vlm)
-
-
-def _build(model_cfg: ModelConfig, num_frames: int | None, hf_token: str | None, load_llm_weights: bool):
-    frames = num_frames or model_cfg.svd_num_frames
-    vision_backbone, _ = get_vision_backbone_and_transform(
-        model_cfg.vision_backbone_id,
-        model_cfg.image_resize_strategy,
-        num_frames=frames,
-        svd_config=model_cfg.svd_encoder_config(frames),
-        pretrained_path=model_cfg.vision_pretrained_path,
-    )
-    llm_backbone, _ = get_llm_backbone_and_tokenizer(
-        model_cfg.llm_backbone_id,
-        llm_max_length=model_cfg.llm_max_length,
-        hf_token=hf_token,
-        inference_mode=not load_llm_weights,
-        pretrained_path=model_cfg.llm_pretrained_path,
-    )
-    return get_vlm(model_cfg.model_id, model_cfg.arch_specifier, vision_backbone, llm_backbone,
-                   projector_feature_norm=model_cfg.projector_feature_norm)  # fmt: skip
+    return vlm
 
 
 def _load_state(vlm: PrismaticVLM, state: dict[str, torch.Tensor], source: Path) -> None:
@@ -177,7 +160,3 @@ def _load_state(vlm: PrismaticVLM, state: dict[str, torch.Tensor], source: Path)
         )
     vlm.load_state_dict(state, strict=False)
 
-
-def _for_inference(vlm: PrismaticVLM) -> PrismaticVLM:
-    vlm.requires_grad_(False)
-    return vlm.eval()

@@ -1,6 +1,8 @@
-"""The frozen-feature cache on disk: encoder outputs keyed by image content and encoder identity, read memory-mapped.
+"""The frozen-feature cache on disk: encoder outputs keyed by image content and encoder identity, the chunk writer,
+and the memory-mapped reader `FeatureCache`.
 
-Layout of a cache root (written by `scripts/cache_features.py`, read by training with `--feature_cache_dir`):
+Layout of a cache root (written by `builder.build_feature_cache` through `scripts/cache_features.py`, read by training
+with `--feature_cache_dir`):
 
     <root>/<stream>-<fingerprint>/          one directory per stream and encoder identity (`StreamIdentity`)
         encoder.json                        the full description the fingerprint hashes (for humans, checked on open)
@@ -10,8 +12,8 @@ Layout of a cache root (written by `scripts/cache_features.py`, read by training
 A chunk exists only once its index is written: the .bin is written and fsynced first, then the .json through a
 temporary file and an atomic rename. A crash mid-chunk leaves an orphan .bin that readers never see and the next build
 deletes; a rerun skips every key already indexed, so builds resume where they stopped. Keys are the 128-bit content
-hashes of `content_key`; the fingerprint in the directory name covers the encoder (config, weights, dtype, library
-versions), so a changed encoder looks in another directory and finds nothing: a miss, never a stale read.
+hashes of `identity.content_key`; the fingerprint in the directory name covers the encoder (config, weights, dtype,
+library versions), so a changed encoder looks in another directory and finds nothing: a miss, never a stale read.
 
 Reads map each chunk file once per process with `torch.from_file` (a private, lazily paged mapping that holds no file
 descriptor) and return views into it: an entry costs the pages it touches, never a read of the whole file. The index
@@ -31,14 +33,15 @@ import numpy as np
 import torch
 
 from prismatic.models.backbones.vision.base_vision import PixelValues, VisionBackbone, feature_key
-from prismatic.models.backbones.vision.fingerprint import (
+from prismatic.overwatch import initialize_overwatch
+from prismatic.preprocessing.feature_cache.identity import (
     CACHE_FORMAT_VERSION,
     StreamIdentity,
     content_key,
     describe_difference,
     stream_identities,
 )
-from prismatic.overwatch import initialize_overwatch
+from prismatic.util.io import write_json_atomic
 
 overwatch = initialize_overwatch(__name__)
 
@@ -51,21 +54,6 @@ _ALIGN = 64
 
 
 # === Writing ===
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON so that readers see the old file or the complete new one, never a partial one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(payload, handle, separators=(",", ":"))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
 def storage_dtype(name: str, compute_dtype: torch.dtype) -> torch.dtype:
     """The dtype entries are stored in: `auto` = the encoder's compute dtype (exact), else the named one."""
     if name not in STORAGE_DTYPE_NAMES:

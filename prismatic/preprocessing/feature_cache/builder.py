@@ -1,5 +1,5 @@
 """Building the frozen-feature cache: each distinct image (or multi-image group) of a dataset goes through the frozen
-encoders once, sharded over ranks, resumable (the format is described in `feature_cache`).
+encoders once, sharded over ranks, resumable (the format is described in `store`).
 
 Work list: the distinct image-path tuples of the dataset's records in first-seen order (LLaVA-665k: ~624k images for
 665k samples), plus the image of the masked dummy row that text-only micro-batches get (so those never run the
@@ -31,10 +31,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from prismatic.models.backbones.vision.base_vision import ImageTransform, PixelValues, VisionBackbone
 from prismatic.models.backbones.vision.base_vision import collate_pixel_values as collate
-from prismatic.models.backbones.vision.fingerprint import content_key, stream_identities
 from prismatic.models.vlms.visual_features import encode_rows, frozen_encoder_context
 from prismatic.overwatch import initialize_overwatch
-from prismatic.preprocessing.feature_cache import (
+from prismatic.preprocessing.collator import dummy_image
+from prismatic.preprocessing.feature_cache.identity import content_key, stream_identities
+from prismatic.preprocessing.feature_cache.store import (
     ChunkWriter,
     StorageDtype,
     StreamIndex,
@@ -45,8 +46,7 @@ from prismatic.preprocessing.feature_cache import (
 )
 from prismatic.preprocessing.records import image_relpaths
 from prismatic.preprocessing.samples import PIL_READ_ERRORS, load_rgb
-from prismatic.training.batching import dummy_image
-from prismatic.training.distributed import DistributedContext
+from prismatic.util.distributed import DistributedContext
 
 overwatch = initialize_overwatch(__name__)
 
