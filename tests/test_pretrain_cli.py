@@ -1,6 +1,6 @@
-"""The training CLI without training: model configs generated from the registry, the README training command parsed verbatim,
-YAML configs with CLI overrides, validation that fails before any model is built, the hf_token contract, the optimizer
-groups and schedule, and train.sh. All fast (no subprocess launches torchrun here)."""
+"""The training CLI without training: model configs generated from the registry, the README training command parsed
+verbatim, YAML configs with CLI overrides, validation that fails before any model is built, the hf_token contract, the
+optimizer groups and schedule, and train.sh. All fast (no subprocess launches torchrun here)."""
 
 from __future__ import annotations
 

@@ -122,12 +122,11 @@ def _tiny_batch(vlm) -> dict:
 
 
 def test_a_step_with_a_non_finite_gradient_is_skipped_and_training_goes_on(tmp_path: Path) -> None:
-    from prismatic.training.precision import Precision
-
     from prismatic.assembly import build_vlm
     from prismatic.conf.models import get_model_config
     from prismatic.models.stages import Stage
     from prismatic.training.metrics import MetricsLogger
+    from prismatic.training.options import Precision
     from prismatic.training.strategies import get_train_strategy
     from prismatic.util.distributed import DistributedContext
 

@@ -3,21 +3,15 @@ meter's hooks, the keys a training step logs, MFU present iff a peak is known or
 
 from __future__ import annotations
 
-import json
-import os
-import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_RUN_PEAK_FLOPS, TINY_RUN_STEPS, metric_rows
 from PIL import Image
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from prismatic.training.throughput import LLMFlops, ThroughputMeter, device_peak_flops, flop_counter
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -147,27 +141,10 @@ def test_mfu_is_present_iff_a_peak_is_given() -> None:
     assert row["tflops_per_s"] == pytest.approx(row["flops_per_sample"] * 3 / 0.25 / 1e12)
 
 
-@pytest.mark.slow
-def test_pretrain_logs_throughput_keys_and_mfu_with_peak_flops(tmp_path: Path) -> None:
-    (tmp_path / "data" / "images").mkdir(parents=True)
-    records = []
-    for i in range(4):
-        Image.new("RGB", (32, 32), (60 * i, 20, 200)).save(tmp_path / "data" / "images" / f"{i}.png")
-        turns = [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": f"Colour number {i}."}]
-        records.append({"id": str(i), "image": f"{i}.png", "conversations": turns})
-    (tmp_path / "data" / "finetune.json").write_text(json.dumps(records))
-    args = shlex.split(
-        "--model.type prism_siglip+tiny --run_id t --model.finetune_max_steps 2 --model.finetune_global_batch_size 2 "
-        "--model.finetune_per_device_batch_size 2 --num_workers 0 --peak_flops 5e11 --dataset.type llava-custom "
-        f"--dataset.finetune_stage_components '[finetune.json, images]' --dataset.dataset_root_dir {tmp_path / 'data'} "
-        f"--run_root_dir {tmp_path / 'runs'}"
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "pretrain.py"), *args], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-4000:]
-    rows = [json.loads(line) for line in (tmp_path / "runs" / "t" / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 2
+def test_pretrain_logs_throughput_keys_and_mfu_with_peak_flops(tiny_run_dir: Path) -> None:
+    """The session's shared run was launched with `--peak_flops`: every metrics line carries FLOPs, MFU, time shares."""
+    rows = metric_rows(tiny_run_dir)
+    assert len(rows) == TINY_RUN_STEPS
     for row in rows:
         assert row["flops_per_sample"] > 0 and 0 <= row["time_share_llm"] <= 1
-        assert row["mfu"] == pytest.approx(row["tflops_per_s"] * 1e12 / 5e11)
+        assert row["mfu"] == pytest.approx(row["tflops_per_s"] * 1e12 / TINY_RUN_PEAK_FLOPS)

@@ -53,8 +53,8 @@ def run_pretrain_two_nodes(args: list[str], timeout: int = 300) -> None:
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_llava_dataset(tmp_path_factory.mktemp("llava"))
+def data_root(tiny_data_root: Path) -> Path:
+    return tiny_data_root
 
 
 @pytest.fixture(scope="module")
@@ -117,9 +117,9 @@ def test_spec_command_trains_under_torchrun_and_writes_a_complete_run_dir(tmp_pa
 
 # === 2 + 3. FSDP2 (2 processes) = single process; resume is exact ===
 @pytest.fixture(scope="module")
-def single_full(data_root: Path, runs: Path) -> Path:
-    run_pretrain(small_run_args(data_root, runs, "single-full", 6))
-    return runs / "single-full"
+def single_full(tiny_run_dir: Path) -> Path:
+    """The session's shared tiny run: the single-process reference (6 steps of `small_run_args`)."""
+    return tiny_run_dir
 
 
 @pytest.fixture(scope="module")
@@ -152,17 +152,7 @@ def test_ddp_and_hybrid_shard_match_single_process(data_root: Path, runs: Path, 
     assert max(abs(a - b) for a, b in zip(single, other)) < 1e-5, (single, other)
 
 
-@pytest.mark.slow
-def test_resume_single_process_is_bit_exact(data_root: Path, runs: Path, single_full: Path) -> None:
-    args = small_run_args(data_root, runs, "single-resumed", 6, "--save_interval", "2", "--keep_last", "2")
-    run_pretrain([*args, "--stop_after_step", "3"])  # stops mid-epoch, after a checkpoint at step 3
-    run_dir = runs / "single-resumed"
-    assert len(losses(run_dir)) == 3 and not (run_dir / "model.safetensors").exists()
-    run_pretrain([*args, "--resume", "auto"])
-    assert losses(run_dir) == losses(single_full)  # bit for bit
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-000004", "step-000006"]  # keep_last
-    full, resumed = load_file(single_full / "model.safetensors"), load_file(run_dir / "model.safetensors")
-    assert all(torch.equal(full[k], resumed[k]) for k in full)
+# Single-process resume (mid-epoch and exactly at an epoch boundary): tests/test_recipes.py.
 
 
 @pytest.mark.slow

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch.distributed as dist
 
-from prismatic.conf.datasets import DatasetConfig
 from prismatic.models.backbones.llm.conversation import ConversationTokenizer
 from prismatic.models.backbones.vision.base_vision import ImageTransform, PixelValues
 from prismatic.models.stages import Stage, parse_stage
@@ -38,6 +37,13 @@ from prismatic.preprocessing.records import BadSamplePolicy, check_policy, image
 from prismatic.preprocessing.samples import ImageCheck, SampleTokenizer
 
 overwatch = initialize_overwatch(__name__)
+
+
+class DatasetLayout(Protocol):
+    """Where a dataset's files are (a `prismatic.conf.datasets.DatasetConfig` is one): (json_file, image_dir) of a
+    stage."""
+
+    def components(self, stage: Stage) -> tuple[Path, Path]: ...
 
 
 def infer_max_images(image_transform: ImageTransform) -> int | None:
@@ -112,7 +118,7 @@ def preflight_dataset(
 
 def get_dataset_and_collator(
     stage: Stage | str,
-    dataset_cfg: DatasetConfig,
+    dataset_cfg: DatasetLayout,
     image_transform: ImageTransform,
     tokenizer: ConversationTokenizer,
     num_visual_tokens: int,

@@ -10,7 +10,6 @@ token (<|endoftext|>, 151643) is also the base model's EOS, which a `-pure` answ
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -87,8 +86,6 @@ class LLMBackbone(nn.Module):
         attention_mask: torch.Tensor,
         labels: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        past_key_values: Any = None,
-        use_cache: bool | None = None,
         logits_mask: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
@@ -96,30 +93,20 @@ class LLMBackbone(nn.Module):
 
         `logits_mask` (bool [B, L]) computes logits only where it is True: `output.logits` is then [n_true, vocab], in
         row-major order of the mask (training needs logits only where a label follows, and the LM head over a 32k-152k
-        vocabulary at every position is most of a small model's step). `past_key_values` (the name the VLM code uses)
-        is handed to transformers as `cache` where the model takes that newer name (transformers 5.2x, where the
-        returned KV cache is `output.cache`), else as `past_key_values`.
+        vocabulary at every position is most of a small model's step). Generation does not come through here: it
+        runs transformers' `generate` on the LM itself (see `prismatic.models.vlms.generation`).
         """
         if logits_mask is not None:
-            if labels is not None or past_key_values is not None:
-                raise ValueError("logits_mask computes selected logits for a loss outside the LM: pass no labels/cache.")
+            if labels is not None:
+                raise ValueError("logits_mask computes selected logits for a loss outside the LM: pass no labels.")
             hidden = self.llm.get_decoder()(
                 inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
             ).last_hidden_state
             from transformers.modeling_outputs import CausalLMOutputWithPast
 
             return CausalLMOutputWithPast(logits=self.llm.get_output_embeddings()(hidden[logits_mask]))
-        if past_key_values is not None:
-            takes_cache = "cache" in inspect.signature(type(self.llm).forward).parameters
-            kwargs["cache" if takes_cache else "past_key_values"] = past_key_values
-        return self.llm(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            labels=labels,
-            position_ids=position_ids,
-            use_cache=use_cache,
-            **kwargs,
-        )
+        return self.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels,
+                        position_ids=position_ids, **kwargs)  # fmt: skip
 
     # === Prompts and training tokenization ===
     def conversation_tokenizer(self, max_length: int | None = None) -> ConversationTokenizer:
