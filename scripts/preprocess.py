@@ -21,6 +21,7 @@ from pathlib import Path
 from PIL import Image
 
 from prismatic.conf.datasets import LLAVA_ALIGN_JSON, LLAVA_FINETUNE_JSON, get_dataset_config
+from prismatic.models.stages import Stage
 from prismatic.preprocessing.preflight import PreflightOptions, run_preflight
 from prismatic.preprocessing.records import DatasetError, image_relpaths, load_records
 from prismatic.preprocessing.samples import IMAGE_CHECKS, SampleTokenizer
@@ -157,15 +158,15 @@ def fetch_zip(url: str, extract_to: Path, archive: Path) -> None:
 
 
 # === Layout ===
-def lay_out_stage(args: argparse.Namespace, stage: str, json_file: Path, image_dir: Path) -> None:
+def lay_out_stage(args: argparse.Namespace, stage: Stage, json_file: Path, image_dir: Path) -> None:
     say(f"[{stage}] laying out {json_file.parent}")
     cache = Path(args.root) / "_downloads"
-    json_source = args.finetune_json if stage == "finetune" else args.align_json
+    json_source = args.finetune_json if stage is Stage.FINETUNE else args.align_json
     if json_source is not None:
         place(Path(json_source), json_file, args.mode)
     elif not json_file.exists() and args.download:
         place(download(JSON_URLS[stage], cache / Path(JSON_URLS[stage]).name), json_file, "copy")
-    if stage == "align":
+    if stage is Stage.ALIGN:
         if args.align_images is not None:
             place(Path(args.align_images), image_dir, args.mode)
         elif not image_dir.exists() and args.download:
@@ -213,7 +214,7 @@ def summarize_folders(records: list, image_dir: Path) -> None:
     say(f"  {'(text-only rows)':<24} {text_only:>8}")
 
 
-def check_stage(args: argparse.Namespace, stage: str, json_file: Path, image_dir: Path) -> bool:
+def check_stage(args: argparse.Namespace, stage: Stage, json_file: Path, image_dir: Path) -> bool:
     say(f"[{stage}] checking {json_file}")
     try:
         records = load_records(json_file)
@@ -238,7 +239,7 @@ def check_stage(args: argparse.Namespace, stage: str, json_file: Path, image_dir
         tokenizer = SampleTokenizer(llm.conversation_tokenizer(), args.num_visual_tokens)
     options = PreflightOptions(check_images=args.check_images, num_threads=args.num_threads,
                                progress_every=args.progress_every)
-    record_kind = "caption" if stage == "align" else "conversation"
+    record_kind = "caption" if stage is Stage.ALIGN else "conversation"
     report = run_preflight(records, image_dir, json_file, record_kind, tokenizer, args.max_images, options)
     say(report.table(max_examples=args.examples))
     return report.ok
@@ -288,17 +289,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = get_dataset_config(args.dataset)
     config.dataset_root_dir = args.root
-    stages = ["align", "finetune"] if args.stage == "both" else [args.stage]
+    stages = [Stage.ALIGN, Stage.FINETUNE] if args.stage == "both" else [Stage(args.stage)]
     custom = args.dataset == "llava-custom"
     if custom:  # nothing to lay out: check the user's own files
         if args.image_dir is None:
             raise SystemExit("error: --dataset llava-custom needs --image-dir (and --finetune-json or --align-json).")
-        stages = [s for s in stages if (args.finetune_json if s == "finetune" else args.align_json) is not None]
+        stages = [s for s in stages if (args.finetune_json if s is Stage.FINETUNE else args.align_json) is not None]
     ok = True
     for stage in stages:
-        json_file, image_dir = config.components(stage)  # type: ignore[arg-type]
+        json_file, image_dir = config.components(stage)
         if custom:
-            json_file, image_dir = (args.finetune_json if stage == "finetune" else args.align_json), args.image_dir
+            json_file, image_dir = (args.finetune_json if stage is Stage.FINETUNE else args.align_json), args.image_dir
         elif not args.check_only:
             lay_out_stage(args, stage, json_file, image_dir)
         ok = check_stage(args, stage, json_file, image_dir) and ok
