@@ -1,4 +1,4 @@
-"""`prismatic.load()`: the SPEC 3 inference snippet on a freshly trained tiny run (the session's shared `tiny_run_dir`,
+"""`prismatic.load()`: the README inference snippet on a freshly trained tiny run (the session's shared `tiny_run_dir`,
 see conftest.py), the authors' release layout, and every load error a user can hit."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _frames(n: int) -> list[Image.Image]:
 
 def test_spec_inference_snippet_verbatim_on_a_trained_run(run_dir: Path) -> None:
     hf_token, device, image = None, "cpu", Image.open(REPO / "assets" / "rocket.png").convert("RGB")
-    # --- SPEC section 3, with the run directory standing in for the 7B id ---
+    # --- The README snippet, with the run directory standing in for the 7B id ---
     vlm = load(str(run_dir), hf_token=hf_token)
     vlm.to(device, dtype=torch.bfloat16)
     prompt_builder = vlm.get_prompt_builder()
