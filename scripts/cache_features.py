@@ -74,11 +74,7 @@ def cache_features(cfg: CacheFeaturesConfig) -> BuildReport:
     cfg.resolve()
     validate(cfg)
     ctx = init_distributed()
-    if cfg.dataset.prepares_itself:  # e.g. the demo world, generated on first use
-        if ctx.is_rank_zero:
-            cfg.dataset.prepare()
-        ctx.barrier()
-        cfg.check_dataset_file()
+    cfg.prepare_dataset(ctx)  # e.g. the demo world, generated on first use
     seed_everything(cfg.seed, ctx.rank)  # as pretrain.py does before building: the same encoder weights
 
     # The encoders exactly as training builds, freezes and casts them (the one assembly path).

@@ -67,11 +67,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     else:
         config_dict = {}
     ctx.barrier()
-    if cfg.dataset.prepares_itself:  # e.g. the demo world, generated on first use
-        if ctx.is_rank_zero:
-            cfg.dataset.prepare()
-        ctx.barrier()
-        cfg.check_dataset_file()
+    cfg.prepare_dataset(ctx)  # e.g. the demo world, generated on first use
     # Trackers start before any model is built, so a tracker problem (e.g. no wandb login) fails in seconds.
     metrics = MetricsLogger(run_dir, cfg.trackers, ctx.is_rank_zero, str(cfg.run_id), config_dict,
                             cfg.wandb_project, cfg.wandb_entity)  # fmt: skip

@@ -28,7 +28,16 @@ def _prompt(vlm, question: str) -> str:
 
 
 @contextmanager
-def _biased_token(vlm, token_id: int, bias: float, from_call: int = 0, rows: list[int] | None = None) -> Iterator[None]:
+def _lm_head_hook(vlm, hook) -> Iterator[None]:
+    """Rewrite the LLM's logits with `hook(module, inputs, output)` on every call while the context is open."""
+    handle = vlm.llm_backbone.llm.lm_head.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _biased_token(vlm, token_id: int, bias: float, from_call: int = 0, rows: list[int] | None = None):
     """Add `bias` to one token's logit (like a bias on the lm_head), from the `from_call`-th LLM call on (0 = the
     prefill), for the given batch rows (default all)."""
     calls = {"n": 0}
@@ -42,11 +51,7 @@ def _biased_token(vlm, token_id: int, bias: float, from_call: int = 0, rows: lis
         output[index, :, token_id] += bias
         return output
 
-    handle = vlm.llm_backbone.llm.lm_head.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
+    return _lm_head_hook(vlm, hook)
 
 
 @pytest.fixture(scope="module")
@@ -206,8 +211,7 @@ def test_fallback_tokenizer_warns(llama_vlm):
         llama_vlm.llm_backbone.tokenizer_is_fallback = False
 
 
-@contextmanager
-def _fixed_next_token_distribution(vlm, probs: dict[int, float]) -> Iterator[None]:
+def _fixed_next_token_distribution(vlm, probs: dict[int, float]):
     """Make every LLM step predict exactly `probs` (token id -> probability; every other token impossible)."""
 
     def hook(module, inputs, output):
@@ -216,11 +220,7 @@ def _fixed_next_token_distribution(vlm, probs: dict[int, float]) -> Iterator[Non
             logits[..., token_id] = torch.log(torch.tensor(p))
         return logits
 
-    handle = vlm.llm_backbone.llm.lm_head.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
+    return _lm_head_hook(vlm, hook)
 
 
 def test_temperature_top_k_and_top_p_keep_the_right_tokens(llama_vlm):

@@ -23,7 +23,7 @@ from torchvision.transforms import v2
 
 from prismatic.models.backbones.vision import svd_unet
 from prismatic.models.backbones.vision.base_vision import collate_pixel_values
-from prismatic.models.backbones.vision.svd import SVDGenerativeEncoder, VAEOnlyBackbone
+from prismatic.models.backbones.vision.svd import SVDGenerativeEncoder
 from prismatic.models.backbones.vision.svd_components import (
     build_tiny_svd_components,
     load_svd_components,
@@ -35,6 +35,7 @@ from prismatic.models.backbones.vision.svd_unet import (
     keyframe_slots,
     resize_with_antialiasing,
 )
+from prismatic.models.backbones.vision.vae_only import VAEOnlyBackbone
 
 # diffusers' EulerDiscreteScheduler.set_timesteps calls np.array on a torch tensor (a numpy-2 DeprecationWarning).
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

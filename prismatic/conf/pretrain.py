@@ -19,6 +19,7 @@ from prismatic.preprocessing.records import BadSamplePolicy
 from prismatic.training.metrics import TRACKERS
 from prismatic.training.options import StageOptimization
 from prismatic.training.run_setup import check_hf_token_reference, default_run_id
+from prismatic.util.distributed import DistributedContext
 
 
 @dataclass
@@ -117,6 +118,16 @@ class PretrainConfig:
                 f"--model.{prefix}_global_batch_size={opt.global_batch_size} must be a multiple of "
                 f"--model.{prefix}_per_device_batch_size={opt.per_device_batch_size} x {world_size} process(es)."
             )
+
+    def prepare_dataset(self, ctx: DistributedContext) -> None:
+        """Create data that is generated rather than downloaded (e.g. the demo world) on rank 0 while the other ranks
+        wait, then check it is there; a no-op for other datasets (validate() checked their files)."""
+        if not self.dataset.prepares_itself:
+            return
+        if ctx.is_rank_zero:
+            self.dataset.prepare()
+        ctx.barrier()
+        self.check_dataset_file()
 
     def check_dataset_file(self) -> None:
         json_file, _ = self.dataset.components(self.stage)

@@ -46,8 +46,9 @@ def get_vision_backbone_and_transform(
     directory instead of the hub. `load_weights=False` builds the architecture only (e.g. on the `meta` device).
     """
     from prismatic.models.backbones.vision.dual import DualStreamBackbone
-    from prismatic.models.backbones.vision.svd import SVDGenerativeEncoder, VAEOnlyBackbone
+    from prismatic.models.backbones.vision.svd import SVDGenerativeEncoder
     from prismatic.models.backbones.vision.timm_vit import build_static_backbone
+    from prismatic.models.backbones.vision.vae_only import VAEOnlyBackbone
 
     vision_backbone_id = resolve_vision_backbone_id(vision_backbone_id)
     check_resize_strategy(image_resize_strategy)
