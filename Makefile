@@ -2,21 +2,22 @@
 #   make demo   -> the main job: a tiny DyVA and a SigLIP-only baseline trained on the embedded dynamics world on CPU
 #                  (~13 min on 2 cores after set-up; results in runs/demo/); DEMO_FLAGS="--steps 400" for a quick look
 #   make test   -> lint + the whole test suite on CPU (~7 min on 2 cores after set-up; 8.5 min from a fresh clone)
-#   make bench  -> the benchmark suite against HF/released peers (~10 min on 2 CPU cores; results and goals in
+#   make bench  -> the benchmark suite against HF/released peers (~18 min on 2 CPU cores; results and goals in
 #                  benchmarks/results/, see benchmarks/README.md); BENCH_FLAGS="--smoke" for a seconds-long check
+#   make test-lmms -> the lmms-eval integration test in its own virtualenv .venv-lmms (docs/evaluation.md)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean bench
+.PHONY: demo test test-lmms lint venv clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch/torchvision pinned to the builds pip resolves here (CUDA wheels that also run on CPU)
 	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,eval]"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -28,6 +29,20 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q -x --durations=15 tests
 
+# lmms-eval 0.7.3 downgrades wandb / protobuf / filelock, so its integration test gets a virtualenv of its own.
+LMMS_VENV := .venv-lmms
+LMMS_STAMP := $(LMMS_VENV)/.installed
+
+$(LMMS_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(LMMS_VENV)
+	$(LMMS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LMMS_VENV)/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(LMMS_VENV)/bin/python -m pip install -q -e ".[dev,lmms]"
+	touch $(LMMS_STAMP)
+
+test-lmms: $(LMMS_STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline $(LMMS_VENV)/bin/python -m pytest -q -x tests/test_lmms_eval.py
+
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline $(PY) scripts/demo.py $(DEMO_FLAGS)
 
@@ -35,4 +50,4 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m benchmarks.run_all $(BENCH_FLAGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(LMMS_VENV) .pytest_cache

@@ -5,7 +5,8 @@
 
 `--model` is a run directory written by scripts/pretrain.py or a released model id (`dyva_siglip+7b`,
 `dyva_siglip_qwen+7b`; needs the hub or its cache). Several `--image` paths are frames: the SVD stream sees all of them
-in its keyframe slots, the static encoder sees the first.
+in its keyframe slots, the static encoder sees the first. Without the hub, `--vision_pretrained_path`, `--svd_model_id`
+(`--svd_variant`) and `--llm_pretrained_path` point at local copies of SigLIP, SVD and the base LLM (`prismatic.load`).
 """
 
 import argparse
@@ -29,12 +30,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_new_tokens", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--hf_token", default=os.environ.get("HF_TOKEN"), help="default: $HF_TOKEN")
+    add_source_arguments(parser)
     return parser.parse_args(argv)
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """`prismatic.load`'s weight-source keywords as flags (default: what the model's config says)."""
+    parser.add_argument("--vision_pretrained_path", help="local static encoder (a timm save_for_hf directory)")
+    parser.add_argument("--svd_model_id", help="SVD hub id or local diffusers directory")
+    parser.add_argument("--svd_variant", help='SVD weight variant (released models: "fp16"; "" = full precision)')
+    parser.add_argument("--llm_pretrained_path", help="local copy of the base LLM (config and tokenizer)")
+
+
+def source_keywords(args: argparse.Namespace) -> dict[str, str | None]:
+    names = ("vision_pretrained_path", "svd_model_id", "svd_variant", "llm_pretrained_path")
+    return {name: getattr(args, name) for name in names}
 
 
 def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
-    vlm = prismatic.load(args.model, hf_token=args.hf_token)
+    vlm = prismatic.load(args.model, hf_token=args.hf_token, **source_keywords(args))
     vlm.to(args.device, dtype=getattr(torch, args.dtype))
     frames = [Image.open(path).convert("RGB") for path in args.image]
     prompt_builder = vlm.get_prompt_builder()

@@ -18,7 +18,9 @@ from pathlib import Path
 
 from benchmarks.harness import RESULTS_DIR, render_combined
 
-BENCHMARKS: tuple[str, ...] = ("train_step", "generative_encoder", "feature_cache", "generation", "data_pipeline")
+BENCHMARKS: tuple[str, ...] = (
+    "train_step", "generative_encoder", "feature_cache", "generation", "data_pipeline", "eval_scoring"
+)
 REPO = Path(__file__).resolve().parents[1]
 
 

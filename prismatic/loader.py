@@ -8,9 +8,13 @@ Two layouts are read, and nothing is ever unpickled beyond tensors:
   read with `weights_only=True`; projector keys may carry torch.compile's `_orig_mod.` prefix. Their generative
   encoder runs in our deterministic `release` mode, which computes what those weights were trained on.
 
-Frozen encoders come from their own sources (hub ids or the local directories recorded in the config); the LLM is
-built from its config and then overwritten by the checkpoint, so its base weights are never downloaded. The model is
-built by the one assembly path (`prismatic.assembly.build_vlm`), so it is the model training built.
+Frozen encoders come from their own sources (hub ids or the local directories recorded in the config, or the
+`load()` keywords that override them); the LLM is built from its config and then overwritten by the checkpoint, so its
+base weights are never downloaded (an align-stage export holds the projector only: its LLM is the pretrained one). The
+released SVD weights are read as the `fp16` variant, as the released code did. The model is built by the one assembly
+path (`prismatic.assembly.build_vlm`), so it is the model training built. Every parameter the checkpoint's stage
+trained (and the whole LLM when the checkpoint holds it) must get a tensor from it: a partial checkpoint is an error,
+never a model with random holes.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from safetensors.torch import load_file
 
 from prismatic.assembly import build_vlm
 from prismatic.conf.models import DEFAULT_MODEL_TYPE, MODEL_CONFIGS, ModelConfig, get_model_config
+from prismatic.models.backbones.vision.registry import VISION_BACKBONES, resolve_vision_backbone_id
 from prismatic.models.projectors import strip_compiled_prefix
+from prismatic.models.stages import Stage, parse_stage
 from prismatic.models.vlms.prismatic import PrismaticVLM
 from prismatic.overwatch import initialize_overwatch
 
@@ -34,6 +40,7 @@ overwatch = initialize_overwatch(__name__)
 RELEASE_REPO_ID = "dyva/DyVA-WorldLM"
 RELEASE_CHECKPOINT = "checkpoints/latest-checkpoint.pt"
 RUN_CONFIG, RUN_WEIGHTS = "config.json", "model.safetensors"
+RELEASE_SVD_VARIANT = "fp16"  # the released code loaded SVD with variant="fp16"
 
 
 @dataclass(frozen=True)
@@ -69,14 +76,98 @@ def get_model_description(model_id_or_name: str) -> str:
     )
 
 
-def load(model_id_or_path: str | Path, hf_token: str | None = None, cache_dir: str | Path | None = None) -> PrismaticVLM:
+@dataclass(frozen=True)
+class WeightSources:
+    """Where `load` reads what the checkpoint does not hold (frozen encoders, the base LLM's config, tokenizer and, for
+    an align-stage export, weights) instead of what the model's config says; None keeps the config's."""
+
+    vision_pretrained_path: str | Path | None = None
+    svd_model_id: str | Path | None = None
+    svd_variant: str | None = None
+    llm_pretrained_path: str | Path | None = None
+
+    def apply(self, model_cfg: ModelConfig) -> None:
+        """Write the given sources into `model_cfg`; a ValueError for one this model has no use for."""
+        spec = VISION_BACKBONES[resolve_vision_backbone_id(model_cfg.vision_backbone_id)]
+        backbone = model_cfg.vision_backbone_id
+        for name in ("vision_pretrained_path", "svd_model_id", "llm_pretrained_path"):
+            if str(getattr(self, name)) == "":
+                raise ValueError(f"load({name}='') names nothing: pass a directory, or None to keep the config's.")
+        if self.vision_pretrained_path is not None:
+            if spec.static_id is None:
+                raise ValueError(
+                    f"vision_pretrained_path is for the static (timm) encoder, and {backbone!r} has none; drop it."
+                )
+            model_cfg.vision_pretrained_path = str(_existing_dir("vision_pretrained_path", self.vision_pretrained_path))
+        if self.svd_model_id is not None or self.svd_variant is not None:
+            if spec.generative is None:
+                raise ValueError(f"svd_model_id / svd_variant configure the SVD stream, and {backbone!r} has none.")
+            if spec.tiny:
+                raise ValueError(
+                    f"{backbone!r} builds tiny random SVD components and reads no SVD checkpoint: drop svd_model_id / "
+                    "svd_variant."
+                )
+        if self.svd_model_id is not None:
+            model_cfg.svd_model_id = str(self.svd_model_id)
+        if self.svd_variant is not None:
+            model_cfg.svd_variant = self.svd_variant or None  # "": the un-suffixed (full-precision) files
+        if self.llm_pretrained_path is not None:
+            model_cfg.llm_pretrained_path = str(_existing_dir("llm_pretrained_path", self.llm_pretrained_path))
+        if spec.generative is not None and not spec.tiny:
+            _check_svd_variant_files(model_cfg.svd_model_id, model_cfg.svd_variant)
+
+
+def _existing_dir(name: str, path: str | Path) -> Path:
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"{name}={str(path)!r} is not a directory; pass the local copy's directory.")
+    return Path(path)
+
+
+def _check_svd_variant_files(model_id: str | None, variant: str | None) -> None:
+    """A local SVD copy without the variant's files would fail deep inside diffusers: say what to pass instead."""
+    if model_id is None or variant is None or not Path(model_id).is_dir():
+        return  # a hub id: diffusers reports a missing variant itself
+    vae_dir = Path(model_id) / "vae"
+    if not any(f".{variant}." in file.name for file in vae_dir.glob("*")):
+        raise FileNotFoundError(
+            f"The SVD copy {model_id} has no {variant!r} weight files in {vae_dir} (e.g. "
+            f"diffusion_pytorch_model.{variant}.safetensors). Download that variant, or pass svd_variant='' to read "
+            "the un-suffixed (full-precision) files."
+        )
+
+
+def load(
+    model_id_or_path: str | Path,
+    hf_token: str | None = None,
+    cache_dir: str | Path | None = None,
+    *,
+    vision_pretrained_path: str | Path | None = None,
+    svd_model_id: str | Path | None = None,
+    svd_variant: str | None = None,
+    llm_pretrained_path: str | Path | None = None,
+) -> PrismaticVLM:
     """Load a VLM for inference (eval mode, no gradients) from a run directory, a released-layout directory, or a
-    released model id (fetched from the hub, or from its cache)."""
+    released model id (fetched from the hub, or from its cache).
+
+    The keywords point what the checkpoint does not hold at other sources, e.g. local copies on a machine without the
+    hub; None keeps what the model's config says (our runs: what they trained with; released models: the hub ids).
+    - `vision_pretrained_path`: the static encoder, a directory written by `timm.models.save_for_hf(model, dir,
+      safe_serialization=True)` (DINO+SigLIP backbones: one with `dino/` and `siglip/` such directories);
+    - `svd_model_id`: SVD, a hub id or a local directory in the diffusers layout (`vae/`, `unet/`, `image_encoder/`,
+      `feature_extractor/`, `scheduler/`);
+    - `svd_variant`: its weight-file variant. Released models default to "fp16" (what the released code read), our
+      runs to the one they recorded; "" reads the un-suffixed (full-precision) files;
+    - `llm_pretrained_path`: a local copy of the base LLM (config and tokenizer; its weights are used only by an
+      align-stage export, whose checkpoint holds the projector alone).
+    A source the model has no use for (an SVD source for a model without an SVD stream or with tiny random encoders,
+    a static-encoder path for a model without one, an empty string) raises a ValueError.
+    """
+    sources = WeightSources(vision_pretrained_path, svd_model_id, svd_variant, llm_pretrained_path)
     path = Path(model_id_or_path)
     if path.is_dir():
         if (path / RUN_WEIGHTS).exists() or not (path / RELEASE_CHECKPOINT).exists():
-            return _load_run(path, hf_token)
-        return _load_release(path / RUN_CONFIG, path / RELEASE_CHECKPOINT, hf_token)
+            return _load_run(path, hf_token, sources)
+        return _load_release(path / RUN_CONFIG, path / RELEASE_CHECKPOINT, hf_token, sources)
     model_id = RELEASED_ALIASES.get(str(model_id_or_path), str(model_id_or_path))
     if model_id not in RELEASED_MODELS:
         raise ValueError(
@@ -85,7 +176,7 @@ def load(model_id_or_path: str | Path, hf_token: str | None = None, cache_dir: s
         )
     config_file = _fetch(model_id, RUN_CONFIG, hf_token, cache_dir)
     checkpoint_file = _fetch(model_id, RELEASE_CHECKPOINT, hf_token, cache_dir)
-    return _load_release(config_file, checkpoint_file, hf_token)
+    return _load_release(config_file, checkpoint_file, hf_token, sources)
 
 
 def _fetch(model_id: str, filename: str, hf_token: str | None, cache_dir: str | Path | None) -> Path:
@@ -103,7 +194,7 @@ def _fetch(model_id: str, filename: str, hf_token: str | None, cache_dir: str | 
 
 
 # === Our run directories ===
-def _load_run(run_dir: Path, hf_token: str | None) -> PrismaticVLM:
+def _load_run(run_dir: Path, hf_token: str | None, sources: WeightSources) -> PrismaticVLM:
     missing = [name for name in (RUN_CONFIG, RUN_WEIGHTS) if not (run_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(
@@ -114,16 +205,21 @@ def _load_run(run_dir: Path, hf_token: str | None) -> PrismaticVLM:
     model_cfg = draccus.decode(ModelConfig, config["model"])
     if config.get("num_frames"):  # the frame slots the run trained with (pretrain.py writes both; this one wins)
         model_cfg.svd_num_frames = int(config["num_frames"])
+    sources.apply(model_cfg)
     weights = load_file(run_dir / RUN_WEIGHTS)
     # An align-stage export holds the projector only: the LLM then needs its pretrained weights.
     llm_in_checkpoint = any(k.startswith("llm_backbone.") for k in weights)
+    # The stage the run trained says which weights its export holds (configs without one: guess from the keys).
+    stage = parse_stage(config.get("stage") or (Stage.FINETUNE if llm_in_checkpoint else Stage.ALIGN))
     vlm = build_vlm(model_cfg, hf_token=hf_token, llm_weights=not llm_in_checkpoint)
-    _load_state(vlm, weights, run_dir / RUN_WEIGHTS)
+    _load_state(vlm, weights, run_dir / RUN_WEIGHTS, model_cfg.trainable_stage(stage), llm_in_checkpoint)
     return vlm
 
 
 # === The authors' release layout ===
-def _load_release(config_file: Path, checkpoint_file: Path, hf_token: str | None) -> PrismaticVLM:
+def _load_release(
+    config_file: Path, checkpoint_file: Path, hf_token: str | None, sources: WeightSources
+) -> PrismaticVLM:
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file} not found: the release layout has <model_id>/{RUN_CONFIG}.")
     released = json.loads(config_file.read_text())["model"]
@@ -135,16 +231,39 @@ def _load_release(config_file: Path, checkpoint_file: Path, hf_token: str | None
         if key in released:
             setattr(model_cfg, key, released[key])
     model_cfg.svd_num_frames = 8  # the released code always ran T = 8 (it ignored num_frames for dyva_* backbones)
+    model_cfg.svd_variant = RELEASE_SVD_VARIANT
+    sources.apply(model_cfg)
     vlm = build_vlm(model_cfg, hf_token=hf_token, llm_weights=False)
     checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=True)["model"]
     state = {f"projector.{k}": v for k, v in strip_compiled_prefix(checkpoint["projector"]).items()}
     state |= {f"llm_backbone.{k}": v for k, v in checkpoint["llm_backbone"].items()}
-    _load_state(vlm, state, checkpoint_file)
+    # The released runs finetuned the projector and the LLM (the model's finetune set).
+    _load_state(vlm, state, checkpoint_file, model_cfg.trainable_stage(Stage.FINETUNE), llm_in_checkpoint=True)
     return vlm
 
 
-def _load_state(vlm: PrismaticVLM, state: dict[str, torch.Tensor], source: Path) -> None:
-    """Copy checkpoint tensors into the model; any unknown key or shape mismatch means another model's checkpoint."""
+def _required_parameters(vlm: PrismaticVLM, trained: Stage, llm_in_checkpoint: bool) -> list[tuple[str, ...]]:
+    """Each parameter the checkpoint must fill, as all the names it goes by (tied weights have several, and a
+    checkpoint may hold any one of them): what `trained` trains, and the whole LLM when it was built architecture-only
+    for the checkpoint to fill. Frozen encoders come from their own sources."""
+    try:
+        vlm.freeze_backbones(trained)  # the one definition of what a stage trains
+        if llm_in_checkpoint:
+            vlm.llm_backbone.requires_grad_(True)
+        names: dict[int, list[str]] = {}
+        for name, param in vlm.named_parameters(remove_duplicate=False):
+            if param.requires_grad:
+                names.setdefault(id(param), []).append(name)
+    finally:
+        vlm.requires_grad_(False)  # back to inference
+    return [tuple(group) for group in names.values()]
+
+
+def _load_state(
+    vlm: PrismaticVLM, state: dict[str, torch.Tensor], source: Path, trained: Stage, llm_in_checkpoint: bool
+) -> None:
+    """Copy checkpoint tensors into the model: any unknown key or shape mismatch means another model's checkpoint, and
+    a parameter the checkpoint should fill but does not (see `_required_parameters`) an incomplete one."""
     own = vlm.state_dict()
     unknown = sorted(k for k in state if k not in own)
     mismatched = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
@@ -158,5 +277,13 @@ def _load_state(vlm: PrismaticVLM, state: dict[str, torch.Tensor], source: Path)
             f"{vlm.vision_backbone.identifier} + {vlm.arch_specifier} + {vlm.llm_backbone.identifier}): "
             f"{'; '.join(d for d in details if d)}. Check that the config and the weights belong together."
         )
+    required = _required_parameters(vlm, trained, llm_in_checkpoint)
+    missing = [names[0] for names in required if not any(name in state for name in names)]
+    if missing:
+        raise ValueError(
+            f"{source} has no tensor for {len(missing)} of the {len(required)} parameters it should hold (stage "
+            f"{trained.value!r}{' and the LLM' if llm_in_checkpoint else ''}), e.g. {missing[:5]}: the checkpoint "
+            f"is incomplete. Re-export it ({RUN_WEIGHTS} is written when scripts/pretrain.py finishes a run) or "
+            "re-download it, and check that the config and the weights belong together."
+        )
     vlm.load_state_dict(state, strict=False)
-

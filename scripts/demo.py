@@ -13,9 +13,11 @@ Stages:
 2. features  the DyVA's frozen encoders over the train split, once (scripts/cache_features.py, one process per core),
              so no training step runs them (the baseline reads its SigLIP features from the same cache);
 3. train     scripts/pretrain.py with configs/demo-dyva-tiny.yaml and configs/demo-siglip-tiny.yaml, side by side;
-4. evaluate  scripts/evaluate.py on eval-single and eval-motion, for both runs (frozen encoders run live here);
+4. evaluate  scripts/evaluate.py --benchmarks demo-world (the evaluation harness: eval-single and eval-motion), for
+             both runs (frozen encoders run live here);
 5. report    one table (question type x model, with chance), the demo's targets, infer.py on two inputs. Everything
-             lands in --out: the run directories (metrics.jsonl, loss.png, model.safetensors), predictions, reports,
+             lands in --out: the run directories (metrics.jsonl, loss.png, model.safetensors), eval/ (the harness's
+             predictions, results.json and results.md per run),
              results.md and results.json. A rerun reuses the data, the feature cache and finished runs.
 """
 
@@ -42,11 +44,12 @@ from prismatic.demo import (
     chance_level,
     default_cache_dir,
 )
+from prismatic.eval.benchmarks.demo_world import DemoWorld, type_key
+from prismatic.eval.results import fingerprint_directory
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {"dyva": ("DyVA (SigLIP + SVD)", REPO / "configs/demo-dyva-tiny.yaml"),
           "siglip": ("SigLIP only", REPO / "configs/demo-siglip-tiny.yaml")}  # fmt: skip
-SPLITS = ("eval-single", "eval-motion")
 PROGRESS_EVERY_S = 20.0  # a progress-bar line of a child process is echoed at most this often
 TARGET_SINGLE, TARGET_MOTION_MARGIN = 0.90, 0.15
 
@@ -120,35 +123,31 @@ def done(start: float) -> None:
 
 
 # === Report ===
-def accuracy_of(report: dict, question_type: str) -> tuple[float, int]:
-    entry = report["by_type"][question_type]
-    return entry["accuracy"], entry["n"]
-
-
 def mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
 
 
-def results_table(reports: dict[str, dict[str, dict]]) -> tuple[str, dict]:
-    """Markdown table (question type x model, chance) and a summary with the targets checked."""
+def results_table(reports: dict[str, dict]) -> tuple[str, dict]:
+    """Markdown table (question type x model, chance) and a summary with the targets checked, from each model's
+    demo-world results.json (the harness's metrics are in percent; the summary keeps fractions)."""
     names = [MODELS[m][0] for m in reports]
+    first = next(iter(reports.values()))
     lines = ["| question type | chance % | " + " | ".join(f"{n} %" for n in names) + " | n |",
              "| --- | ---: | " + " | ".join("---:" for _ in names) + " | ---: |"]  # fmt: skip
     summary: dict = {"models": {}}
-    for group, types, split in (("single-image", SINGLE_TYPES, "eval-single"), ("motion", MOTION_TYPES, "eval-motion")):
+    for group, types in (("single-image", SINGLE_TYPES), ("motion", MOTION_TYPES)):
         for question_type in types:
-            cells = [100 * accuracy_of(reports[m][split], question_type)[0] for m in reports]
-            n = accuracy_of(next(iter(reports.values()))[split], question_type)[1]
+            cells = [reports[m]["metrics"][type_key(question_type)] for m in reports]
             lines.append(f"| {question_type} | {100 * chance_level(question_type):.1f} | "
-                         + " | ".join(f"{c:.1f}" for c in cells) + f" | {n} |")  # fmt: skip
+                         + " | ".join(f"{c:.1f}" for c in cells) + f" | {first['counts'][question_type]} |")  # fmt: skip
         chance = mean([chance_level(t) for t in types])
-        means = {m: mean([accuracy_of(reports[m][split], t)[0] for t in types]) for m in reports}
+        means = {m: mean([reports[m]["metrics"][type_key(t)] / 100 for t in types]) for m in reports}
         lines.append(f"| **mean {group}** | {100 * chance:.1f} | "
                      + " | ".join(f"**{100 * v:.1f}**" for v in means.values()) + " | |")  # fmt: skip
         for model, value in means.items():
             summary["models"].setdefault(model, {})[f"mean_{group}"] = value
         summary[f"chance_{group}"] = chance
-    n_motion = sum(accuracy_of(next(iter(reports.values()))["eval-motion"], t)[1] for t in MOTION_TYPES)
+    n_motion = sum(first["counts"][t] for t in MOTION_TYPES)
     summary["motion_noise_95"] = 1.96 * math.sqrt(summary["chance_motion"] * (1 - summary["chance_motion"]) / n_motion)
     return "\n".join(lines), summary
 
@@ -221,17 +220,17 @@ def main(argv: list[str] | None = None) -> dict:
               for m in args.models], parallel=args.processes)  # fmt: skip
     done(start)
 
-    start = stage("4/5 evaluate on the held-out splits")
-    jobs = [Job(f"eval {m} {split}", [python, "scripts/evaluate.py", "--model", str(out / m), "--data",
-                                      str(data.split(split)), "--batch_size", "32", "--device", "cpu",
-                                      "--output", str(out / m / f"{split}-predictions.jsonl"),
-                                      "--report", str(out / m / f"{split}-report.json")])
-            for m in args.models for split in SPLITS]  # fmt: skip
+    start = stage("4/5 evaluate on the held-out splits (the evaluation harness, benchmark demo-world)")
+    DemoWorld().prepare(out / "eval-data", raw_dir=data.root)
+    jobs = [Job(f"eval {m}", [python, "scripts/evaluate.py", "--model", str(out / m), "--benchmarks", DemoWorld.name,
+                              "--data_root", str(out / "eval-data"), "--results_dir", str(out / "eval"),
+                              "--batch_size", "32", "--device", "cpu"])
+            for m in args.models]  # fmt: skip
     run_jobs(jobs, parallel=args.processes)
     done(start)
-
     start = stage("5/5 report")
-    reports = {m: {s: json.loads((out / m / f"{s}-report.json").read_text()) for s in SPLITS} for m in args.models}
+    reports = {m: json.loads((out / "eval" / fingerprint_directory(out / m, str(out / m)).tag / DemoWorld.name /
+                              "results.json").read_text()) for m in args.models}  # fmt: skip
     table, summary = results_table(reports)
     targets = target_lines(summary)
     summary.update(steps=args.steps, minutes=(time.perf_counter() - began) / 60, data=str(data.root))

@@ -4,7 +4,9 @@
 
 Commands at the prompt: `image PATH [PATH ...]` sets the image (several paths = frames), `clear` starts a new
 conversation with the same image, `quit` exits; anything else is a question. The conversation keeps its turns, so
-follow-up questions see the earlier answers (multi-turn prompts in the model's own format).
+follow-up questions see the earlier answers (multi-turn prompts in the model's own format). Without the hub,
+`--vision_pretrained_path`, `--svd_model_id` (`--svd_variant`) and `--llm_pretrained_path` point at local copies of
+SigLIP, SVD and the base LLM (the keywords of `prismatic.load`).
 """
 
 import argparse
@@ -26,9 +28,12 @@ def main() -> None:
     parser.add_argument("--max_new_tokens", type=int, default=512)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--hf_token", default=os.environ.get("HF_TOKEN"))
+    sources = ("vision_pretrained_path", "svd_model_id", "svd_variant", "llm_pretrained_path")
+    for name in sources:
+        parser.add_argument(f"--{name}", help="see prismatic.load (default: what the model's config says)")
     args = parser.parse_args()
 
-    vlm = prismatic.load(args.model, hf_token=args.hf_token)
+    vlm = prismatic.load(args.model, hf_token=args.hf_token, **{name: getattr(args, name) for name in sources})
     vlm.to(args.device, dtype=getattr(torch, args.dtype))
     frames = [Image.open(p).convert("RGB") for p in args.image]
     builder = vlm.get_prompt_builder()

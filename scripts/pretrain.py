@@ -23,7 +23,9 @@ same model and dataset flags; samples it lacks are encoded live, and the losses 
 """
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import draccus
 
@@ -46,7 +48,10 @@ from prismatic.training.run_setup import resolve_hf_token, save_run_config
 from prismatic.training.strategies import get_train_strategy
 from prismatic.training.throughput import ThroughputMeter
 from prismatic.training.trainer import Trainer, plan_training
-from prismatic.util.distributed import init_distributed, shutdown_distributed
+from prismatic.util.distributed import DistributedContext, init_distributed, shutdown_distributed
+
+if TYPE_CHECKING:
+    from prismatic.models.vlms.prismatic import PrismaticVLM
 
 overwatch = initialize_overwatch(__name__)
 
@@ -120,7 +125,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     metrics.begin(plan.total_steps, start_step)
     throughput = ThroughputMeter(vlm, ctx.device, peak_flops=cfg.peak_flops)
     trainer = Trainer(strategy, dataset, collator, sampler, plan, checkpoints, metrics, ctx, cfg.seed,
-                      cfg.save_interval, cfg.stop_after_step, cfg.num_workers, throughput)  # fmt: skip
+                      cfg.save_interval, cfg.stop_after_step, cfg.num_workers, throughput,
+                      held_out_evaluation(cfg, vlm, ctx), cfg.eval_every)  # fmt: skip
     step, finished = trainer.run(start_step)
 
     # === Export ===
@@ -133,6 +139,23 @@ def pretrain(cfg: PretrainConfig) -> Path:
     overwatch.info(f"Done: {step} steps; run directory {run_dir}")
     shutdown_distributed()
     return run_dir
+
+
+def held_out_evaluation(cfg: PretrainConfig, vlm: "PrismaticVLM", ctx: DistributedContext) -> Callable | None:
+    """`--eval_every`: the harness's metrics of `--eval_benchmark` (a fixed subset) for the model being trained."""
+    if cfg.eval_every is None:
+        return None
+    from prismatic.eval.harness import evaluate_in_memory
+    from prismatic.eval.registry import get_benchmark
+
+    benchmark, data_root = get_benchmark(cfg.eval_benchmark), Path(str(cfg.eval_data_root))
+
+    def evaluate(step: int) -> dict[str, float]:
+        overwatch.info(f"Step {step}: evaluating on {benchmark.name} ({data_root})")
+        return evaluate_in_memory(vlm, benchmark, data_root, cfg.eval_batch_size, cfg.eval_max_items,
+                                  synced_gpus=ctx.is_distributed)  # fmt: skip
+
+    return evaluate
 
 
 @draccus.wrap()

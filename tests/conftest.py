@@ -43,3 +43,18 @@ def tiny_run_dir(tiny_data_root: Path, tmp_path_factory: pytest.TempPathFactory)
         small_run_args(tiny_data_root, runs, TINY_RUN_ID, TINY_RUN_STEPS, "--peak_flops", str(TINY_RUN_PEAK_FLOPS))
     )
     return runs / TINY_RUN_ID
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm(tiny_run_dir: Path):
+    """`prismatic.load` of the shared tiny run (fp32, CPU, eval mode); read-only for tests."""
+    from prismatic import load
+
+    return load(tiny_run_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_fingerprint(tiny_run_dir: Path):
+    from prismatic.eval.results import fingerprint_directory
+
+    return fingerprint_directory(tiny_run_dir, str(tiny_run_dir))

@@ -1,14 +1,13 @@
 """The embedded demo data and its scoring: deterministic builds, answers re-derived from the scene descriptions (by
 code written here, independent of the generator), rendering that matches the descriptions, motion that the first
-frame does not give away, balanced answers, disjoint train / eval scenes, and the evaluate script with a fake model."""
+frame does not give away, balanced answers, disjoint train / eval scenes, and its scoring as the harness's `demo-world`
+benchmark."""
 
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import importlib.util
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,9 @@ from prismatic.demo import ANSWERS, MOTION_TYPES, QUESTION_TYPES, SINGLE_TYPES, 
 from prismatic.demo.dataset import read_manifest
 from prismatic.demo.questions import QUESTION_TEXT, make_question
 from prismatic.demo.world import BACKGROUND, GRID, RGB, geometry
-from prismatic.eval.scoring import format_table, normalize_answer, score
+from prismatic.eval.benchmark import Prediction
+from prismatic.eval.benchmarks.demo_world import DemoWorld, normalize_answer, type_key
+from prismatic.eval.results import benchmark_table
 
 SIZES = {"num_train_scenes": 240, "num_train_clips": 180, "num_eval_scenes": 80, "num_eval_clips": 60}
 REPO = Path(__file__).resolve().parents[1]
@@ -269,61 +270,30 @@ def test_normalisation() -> None:
     assert normalize_answer("Four") == normalize_answer("4")
 
 
-def test_score_and_table(demo) -> None:
-    rows = records(demo.eval_single_json)
-    predictions = {r["id"]: r["conversations"][1]["value"].upper() + "." for r in rows if r["question_type"] != "count"}
-    predictions.update({r["id"]: "zero" for r in rows if r["question_type"] == "count"})
-    del predictions[rows[0]["id"]]  # a missing prediction counts as wrong
-    report = score(predictions, demo.eval_single_json)
-    per_type = report.accuracies()
-    assert per_type["count"] == 0.0
-    assert per_type["left-of"] == per_type["top-color"] == 1.0
-    assert report.by_type[rows[0]["question_type"]].total == report.by_type["count"].total == 27
-    assert report.missing == [rows[0]["id"]]
-    table = format_table(report, title="demo")
-    assert "top-color" in table and "chance %" in table and "25.0" in table and "no prediction" in table
+def test_demo_world_benchmark_scores_by_question_type(demo, tmp_path: Path) -> None:
+    family = DemoWorld()
+    family.prepare(tmp_path / "eval-data", raw_dir=demo.root, log=lambda _: None)
+    metadata = family.load_records(tmp_path / "eval-data")
+    single, motion = records(demo.eval_single_json), records(demo.eval_motion_json)
+    assert list(metadata) == [r["id"] for r in single + motion]
+    clip = motion[0]
+    assert metadata[clip["id"]]["img_paths"] == [str((demo.root / p).resolve()) for p in clip["image"]]
+    items = {item.id: item for item in family.items(metadata)}
+    assert items[clip["id"]].message == question(clip).replace("<image>", "").strip()
+    assert not items[clip["id"]].candidates  # open form: greedy answers
 
-
-def load_evaluate_script():
-    spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "scripts" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_evaluate_script_scores_a_fake_model(demo, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    evaluate = load_evaluate_script()
-    seen: list[int] = []
-
-    def fake_predict(batch) -> list[str]:
-        seen.append(len(batch))
-        for sample in batch:  # frames of a clip arrive as a list of paths, in order
-            images = evaluate.open_images(sample)
-            assert isinstance(images, list) == sample.multi_frame
-        return [s.answer if s.question_type != "met" else "maybe" for s in batch]
-
-    output = tmp_path / "predictions.jsonl"
-    argv = [
-        "--model",
-        "fake",
-        "--data",
-        str(demo.eval_motion_json),
-        "--batch_size",
-        "7",
-        "--max_samples",
-        "30",
-        "--output",
-        str(output),
-        "--report",
-        str(tmp_path / "report.json"),
-    ]
-    assert evaluate.main(argv, predict=fake_predict) == 0
-    assert seen == [7, 7, 7, 7, 2]
-    rows = [json.loads(line) for line in output.read_text().splitlines()]
-    assert len(rows) == 30 and {"id", "prediction", "answer", "correct"} <= set(rows[0])
-    assert all(r["correct"] == (r["question_type"] != "met") for r in rows)
-    report = json.loads((tmp_path / "report.json").read_text())
-    assert report["by_type"]["met"]["accuracy"] == 0.0 and report["by_type"]["which-moved"]["accuracy"] == 1.0
-    printed = capsys.readouterr().out
-    assert "motion-direction" in printed and "100.0" in printed and "33.3" in printed
+    # Right answers written differently, except: every count answer wrong, every "met" answer wrong.
+    predictions = {}
+    for r in single + motion:
+        answer = r["conversations"][1]["value"]
+        wrong = r["question_type"] in ("count", "met")
+        predictions[r["id"]] = Prediction(r["id"], "maybe" if wrong else f"The {answer.upper()}.")
+    scores = family.score(metadata, predictions)
+    metrics = scores.metrics
+    assert metrics[type_key("count")] == metrics[type_key("met")] == 0.0
+    assert metrics[type_key("left-of")] == metrics[type_key("top-color")] == metrics[type_key("which-moved")] == 100.0
+    assert metrics["accuracy__DemoWorld-single-mean"] == pytest.approx(100 * 2 / 3)  # count, top-color, left-of
+    n_count = sum(r["question_type"] == "count" for r in single)
+    assert scores.counts["count"] == n_count and metrics["chance__DemoWorld-top-color"] == pytest.approx(20.0)
+    table = benchmark_table(family, metrics, "fake", "fake")
+    assert "| Model | count | top-color |" in table and "| fake (ours) | 0.00 | 100.00 |" in table

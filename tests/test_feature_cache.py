@@ -26,6 +26,9 @@ from PIL import Image
 
 from prismatic.conf.models import get_model_config
 from prismatic.models.backbones.vision.base_vision import VisionBackbone, collate_pixel_values
+from prismatic.models.backbones.vision.svd import NOISE_CONVENTION, SVDGenerativeEncoder
+from prismatic.models.backbones.vision.svd_components import build_tiny_svd_components
+from prismatic.models.backbones.vision.svd_config import SVDEncoderConfig
 from prismatic.models.materialize import get_vision_backbone_and_transform
 from prismatic.models.vlms.prismatic import freeze_vision_backbone
 from prismatic.preprocessing.feature_cache import (
@@ -36,6 +39,7 @@ from prismatic.preprocessing.feature_cache import (
     image_groups,
     to_storage,
 )
+from prismatic.preprocessing.feature_cache.identity import describe_difference, stream_identities
 from prismatic.util.distributed import DistributedContext
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,6 +221,23 @@ def test_encoder_config_changes_miss_and_never_read_stale_features(data_root: Pa
         next(edited.generative.unet.parameters()).add_(1e-3)  # other weights, same config
     assert hits(edited, edited_transform) == {"vit": 3, "svd": 0}
     assert len(list(tmp_path.iterdir())) == 2  # lookups never create directories
+
+
+def test_svd_fingerprint_records_the_weight_variant_and_the_noise_convention() -> None:
+    """The variant names which weight files were read (fp16 files hold other values), and the noise convention which
+    draws made the features (2: image 1's all-slot fill has its own draw when K > 1): either changes the fingerprint,
+    so old entries are never reused. Where the weights come from stays out (the weights digest covers them)."""
+    components = build_tiny_svd_components(seed=0, image_size=32)
+
+    def identity(**options):
+        config = SVDEncoderConfig(model_id=None, image_size=32, **options)
+        return stream_identities(SVDGenerativeEncoder("svd-tiny", config, components))["svd"]
+
+    plain, fp16 = identity(), identity(variant="fp16")
+    assert plain.fingerprint != fp16.fingerprint
+    assert describe_difference(plain.description, fp16.description) == ["encoder.config.variant"]
+    assert plain.description["encoder"]["noise_convention"] == NOISE_CONVENTION == 2
+    assert "model_id" not in plain.description["encoder"]["config"]
 
 
 # === 3. Resume after a hard kill; 2 processes = 1 process ===

@@ -1,19 +1,27 @@
 """`prismatic.load()`: the README inference snippet on a freshly trained tiny run (the session's shared `tiny_run_dir`,
-see conftest.py), the authors' release layout, and every load error a user can hit."""
+see conftest.py), the authors' release layout, local weight sources, strict checkpoint coverage, and every load error a
+user can hit."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from helpers import TINY_RUN_FRAMES
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from prismatic import available_model_ids, get_model_description, load
+from prismatic import available_model_ids, get_model_description, load, loader
+from prismatic.assembly import build_vlm
+from prismatic.conf.models import get_model_config
+from prismatic.models.backbones.llm.loading import get_llm_backbone_and_tokenizer
+from prismatic.models.backbones.vision.timm_vit import STATIC_ENCODERS, create_timm_model
+from prismatic.training.run_setup import encode_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,10 +64,10 @@ def test_loaded_run_has_the_trained_weights(run_dir: Path) -> None:
     assert any(k.startswith("projector.") for k in saved) and any(k.startswith("llm_backbone.") for k in saved)
 
 
-def _release_copy(run_dir: Path, root: Path) -> Path:
+def _release_copy(run_dir: Path, root: Path, drop: tuple[str, ...] = ()) -> Path:
     """The same weights in the authors' layout: <id>/config.json + <id>/checkpoints/latest-checkpoint.pt."""
     config = json.loads((run_dir / "config.json").read_text())["model"]
-    saved = load_file(run_dir / "model.safetensors")
+    saved = {k: v for k, v in load_file(run_dir / "model.safetensors").items() if k not in drop}
     projector = {f"_orig_mod.{k.removeprefix('projector.')}": v for k, v in saved.items() if k.startswith("projector.")}
     llm = {k.removeprefix("llm_backbone."): v for k, v in saved.items() if k.startswith("llm_backbone.")}
     folder = root / "dyva_siglip+tiny"
@@ -114,3 +122,165 @@ def test_load_errors_say_what_to_do(run_dir: Path, tmp_path: Path) -> None:
         load(other)
     assert "DyVA-Qwen2.5-7B" in get_model_description("dyva_siglip_qwen+7b")
     assert {"dyva_siglip+7b", "dyva_siglip_qwen+7b"} <= set(available_model_ids())
+
+
+# === Strict coverage: every trained parameter must come from the checkpoint ===
+def _export_run(root: Path, model_type: str, stage: str, **fields: object) -> Path:
+    """A run directory as scripts/pretrain.py leaves it, without the training: config.json and what `export_weights`
+    writes (the trainable weights of the stage; each name of a tied weight with its own copy)."""
+    cfg = get_model_config(model_type)
+    for key, value in fields.items():
+        setattr(cfg, key, value)
+    vlm = build_vlm(cfg, stage=stage)
+    trainable = {id(p) for p in vlm.parameters() if p.requires_grad}
+    weights = {k: v.detach().clone() for k, v in vlm.state_dict(keep_vars=True).items() if id(v) in trainable}
+    root.mkdir(parents=True)
+    (root / "config.json").write_text(json.dumps({"model": encode_config(cfg), "stage": stage}))
+    save_file(weights, root / "model.safetensors")
+    return root
+
+
+def _without(run_dir: Path, root: Path, *keys: str) -> Path:
+    """A copy of a run directory whose model.safetensors lacks `keys`."""
+    shutil.copytree(run_dir, root)
+    weights = load_file(run_dir / "model.safetensors")
+    assert all(key in weights for key in keys)
+    save_file({k: v for k, v in weights.items() if k not in keys}, root / "model.safetensors")
+    return root
+
+
+PROJECTOR_KEY = "projector.projector_base.0.weight"
+LLM_LAYER_KEY = "llm_backbone.llm.model.layers.1.mlp.down_proj.weight"
+EMBEDDINGS, LM_HEAD = "llm_backbone.llm.model.embed_tokens.weight", "llm_backbone.llm.lm_head.weight"
+
+
+@pytest.mark.parametrize("model_type", ["dyva_siglip+tiny", "dyva_siglip_qwen+tiny"])
+def test_a_checkpoint_missing_a_trained_tensor_fails_naming_it(model_type: str, tmp_path: Path) -> None:
+    run = _export_run(tmp_path / "run", model_type, "finetune")
+    saved = load_file(run / "model.safetensors")
+    vlm = load(run)
+    assert all(torch.equal(vlm.state_dict()[k], v) for k, v in saved.items())
+    for key in (PROJECTOR_KEY, LLM_LAYER_KEY):
+        with pytest.raises(ValueError, match=rf"no tensor for 1 of .*{re.escape(key)}.*incomplete"):
+            load(_without(run, tmp_path / key, key))
+    llm = vlm.llm_backbone.llm
+    if llm.lm_head.weight is llm.model.embed_tokens.weight:  # tiny Qwen2.5 ties them: either name fills both
+        head_only = load(_without(run, tmp_path / "head-only", EMBEDDINGS))
+        assert torch.equal(head_only.llm_backbone.llm.model.embed_tokens.weight, saved[LM_HEAD])
+        with pytest.raises(ValueError, match=re.escape(EMBEDDINGS)):
+            load(_without(run, tmp_path / "neither", EMBEDDINGS, LM_HEAD))
+    else:  # tiny Llama-2: two parameters, both required
+        with pytest.raises(ValueError, match=re.escape(LM_HEAD)):
+            load(_without(run, tmp_path / "no-head", LM_HEAD))
+
+
+def test_the_trained_runs_and_the_release_layout_are_checked_too(run_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=re.escape(LLM_LAYER_KEY)):
+        load(_without(run_dir, tmp_path / "run", LLM_LAYER_KEY))
+    with pytest.raises(ValueError, match=re.escape(LLM_LAYER_KEY)):
+        load(_release_copy(run_dir, tmp_path / "DyVA-WorldLM", drop=(LLM_LAYER_KEY,)))
+
+
+def test_an_align_export_loads_its_llm_from_the_pretrained_weights(tmp_path: Path) -> None:
+    """An align run exports the projector only; the LLM then comes from its pretrained source (here a local copy,
+    through `llm_pretrained_path`), and a missing projector tensor still fails."""
+    run = _export_run(tmp_path / "align", "dyva_siglip+tiny", "align", arch_specifier="align+dual")
+    assert all(k.startswith("projector.") for k in load_file(run / "model.safetensors"))
+    base, _ = get_llm_backbone_and_tokenizer("tiny-llama2")
+    with torch.no_grad():
+        for param in base.llm.parameters():
+            param.add_(0.01)  # a base LLM other than the seeded init, so where it came from shows
+    base.llm.save_pretrained(tmp_path / "llm")
+    base.tokenizer.save_pretrained(tmp_path / "llm")
+    default, local = load(run), load(run, llm_pretrained_path=tmp_path / "llm")
+    assert torch.equal(local.llm_backbone.llm.lm_head.weight, base.llm.lm_head.weight)
+    assert not torch.equal(default.llm_backbone.llm.lm_head.weight, base.llm.lm_head.weight)
+    assert torch.equal(local.state_dict()[PROJECTOR_KEY], default.state_dict()[PROJECTOR_KEY])
+    with pytest.raises(ValueError, match=re.escape(PROJECTOR_KEY)):
+        load(_without(run, tmp_path / "partial", PROJECTOR_KEY))
+
+
+# === Weight sources: the released SVD variant and local copies ===
+class _Built(Exception):
+    """Raised by a stand-in for `build_vlm`: the config it got is all these tests need (nothing real is built)."""
+
+
+@pytest.fixture
+def built_config(monkeypatch: pytest.MonkeyPatch) -> list:
+    configs: list = []
+
+    def record(model_cfg, **kwargs):
+        configs.append(model_cfg)
+        raise _Built
+
+    monkeypatch.setattr(loader, "build_vlm", record)
+    return configs
+
+
+def _released_7b(root: Path) -> Path:
+    """A released-layout folder of the real DyVA-7B (its checkpoint is never read: the build is stubbed)."""
+    folder = root / "dyva_siglip+7b"
+    (folder / "checkpoints").mkdir(parents=True)
+    model = {"model_id": "dyva_siglip+7b", "vision_backbone_id": "dyva_siglip", "llm_backbone_id": "llama2-7b-pure"}
+    (folder / "config.json").write_text(json.dumps({"model": model}))
+    (folder / "checkpoints" / "latest-checkpoint.pt").write_bytes(b"")
+    return folder
+
+
+def _svd_copy(root: Path, *names: str) -> Path:
+    (root / "vae").mkdir(parents=True)
+    for name in names:
+        (root / "vae" / name).write_bytes(b"")
+    return root
+
+
+def test_released_models_read_the_fp16_svd_and_local_copies_override_every_source(
+    run_dir: Path, tmp_path: Path, built_config: list
+) -> None:
+    release = _released_7b(tmp_path / "DyVA-WorldLM")
+    fp16 = _svd_copy(tmp_path / "svd-fp16", "diffusion_pytorch_model.fp16.safetensors")
+    full = _svd_copy(tmp_path / "svd-full", "diffusion_pytorch_model.safetensors")
+    siglip, llm = tmp_path / "siglip", tmp_path / "llama"
+    siglip.mkdir(), llm.mkdir()
+    for kwargs in ({}, {"svd_model_id": fp16, "vision_pretrained_path": siglip, "llm_pretrained_path": llm},
+                   {"svd_model_id": full, "svd_variant": ""}):  # fmt: skip
+        with pytest.raises(_Built):
+            load(release, **kwargs)
+    default, local, full_precision = built_config
+    assert default.svd_variant == "fp16" and default.svd_model_id == "stabilityai/stable-video-diffusion-img2vid"
+    assert default.vision_pretrained_path is None and default.llm_pretrained_path is None
+    assert (local.svd_model_id, local.svd_variant) == (str(fp16), "fp16")
+    assert (local.vision_pretrained_path, local.llm_pretrained_path) == (str(siglip), str(llm))
+    assert (full_precision.svd_model_id, full_precision.svd_variant) == (str(full), None)
+    with pytest.raises(FileNotFoundError, match=r"no 'fp16' weight files.*svd_variant=''"):
+        load(release, svd_model_id=full)
+    # Our runs keep the variant they recorded (None for the tiny run) and take the same local sources.
+    with pytest.raises(_Built):
+        load(run_dir, vision_pretrained_path=siglip, llm_pretrained_path=llm)
+    ours = built_config[-1]
+    assert ours.svd_variant is None
+    assert (ours.vision_pretrained_path, ours.llm_pretrained_path) == (str(siglip), str(llm))
+
+
+def test_weight_sources_a_model_cannot_use_are_refused(run_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="tiny random SVD"):
+        load(run_dir, svd_variant="fp16")
+    with pytest.raises(ValueError, match="names nothing"):
+        load(run_dir, llm_pretrained_path="")
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        load(run_dir, vision_pretrained_path=tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="has none"):
+        loader.WeightSources(svd_model_id=str(tmp_path)).apply(get_model_config("prism_siglip+tiny"))
+    with pytest.raises(ValueError, match=r"static .* has none"):
+        loader.WeightSources(vision_pretrained_path=tmp_path).apply(get_model_config("dyva-svd+7b"))
+
+
+def test_a_local_static_encoder_copy_is_what_the_loaded_model_runs(run_dir: Path, tmp_path: Path) -> None:
+    full = create_timm_model(STATIC_ENCODERS["tiny-siglip"])
+    with torch.no_grad():
+        full.patch_embed.proj.weight.add_(0.05)
+    timm.models.save_for_hf(full, tmp_path / "siglip", safe_serialization=True)
+    vlm = load(run_dir, vision_pretrained_path=tmp_path / "siglip")
+    patch_embed = vlm.vision_backbone.static.featurizer.patch_embed.proj.weight
+    assert torch.equal(patch_embed, full.patch_embed.proj.weight)
+    assert not torch.equal(patch_embed, load(run_dir).vision_backbone.static.featurizer.patch_embed.proj.weight)

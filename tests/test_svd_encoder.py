@@ -111,7 +111,11 @@ def reference_release(pipe, frames: torch.Tensor, noise: SVDNoise) -> torch.Tens
         pipe._encode_vae_image(preprocess(pipe, frames[k]) + 0.02 * noise.aug[k : k + 1], "cpu", 1, True)
         for k in range(frames.shape[0])
     ]
-    image_latents = latents[0].unsqueeze(1).repeat(1, T, 1, 1, 1)
+    # The all-slot fill is image 1: with K > 1 encoded a second time, with its own noise draw.
+    fill = latents[0]
+    if frames.shape[0] > 1:
+        fill = pipe._encode_vae_image(preprocess(pipe, frames[0]) + 0.02 * noise.fill[None], "cpu", 1, True)
+    image_latents = fill.unsqueeze(1).repeat(1, T, 1, 1, 1)
     if frames.shape[0] > 1:
         idx = torch.linspace(0, T - 1, frames.shape[0]).round().long()
         for k, slot in enumerate(idx.tolist()):
@@ -265,8 +269,9 @@ def test_keyframes_reach_release_features_far_more_than_paper_features(component
     for mode in ("release", "paper"):
         encoder = make_encoder(components, mode=mode)
         frames = batch_of(encoder, [images[:3]])["svd"]
-        noise3 = encoder.draw_noise(frames[0])
-        noise1 = replace(noise3, aug=noise3.aug[:1])  # same draws: only the keyframes differ
+        # Same draws (the fill with keyframe 0's, as for one image): only the keyframes differ.
+        noise3 = replace(encoder.draw_noise(frames[0]), fill=encoder.draw_noise(frames[0]).aug[0])
+        noise1 = replace(noise3, aug=noise3.aug[:1])
         with torch.no_grad():
             f3 = encoder.encode({"svd": frames}, noise=[noise3]).features
             f1 = encoder.encode({"svd": frames[:, :1]}, noise=[noise1]).features

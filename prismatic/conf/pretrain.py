@@ -62,6 +62,14 @@ class PretrainConfig:
     # Throughput: MFU = model FLOPs / step time / this peak (FLOP/s per device); default: the accelerator table
     # (A100/A800/H100/H200/L40S/4090, dense bf16); on CPU or an unknown GPU MFU is not logged unless this is given
     peak_flops: float | None = None
+
+    # Held-out evaluation during training (the evaluation harness, scripts/evaluate.py's protocol): every N steps and
+    # at the end, on a prepared benchmark (scripts/prepare_benchmarks.py), logged to metrics.jsonl / wandb as eval/*
+    eval_every: int | None = None
+    eval_benchmark: str = "demo-world"
+    eval_data_root: Path | None = None              # the --data_root the benchmark was prepared into
+    eval_max_items: int | None = 256                # a fixed seeded subset (vlm-evaluation's slim rule); null = all
+    eval_batch_size: int = 16
     # fmt: on
 
     @property
@@ -103,11 +111,24 @@ class PretrainConfig:
         if self.peak_flops is not None and self.peak_flops <= 0:
             raise ValueError(f"--peak_flops is the device's peak FLOP/s (e.g. 989e12), got {self.peak_flops}.")
         self._validate_stage()
+        if self.eval_every is not None:
+            self._validate_eval()
         if self.feature_cache_dir is not None:
             self._validate_feature_cache()
         self.validate_batch(world_size)
         if not self.dataset.prepares_itself:
             self.check_dataset_file()
+
+    def _validate_eval(self) -> None:
+        from prismatic.eval.registry import get_benchmark
+
+        for name in ("eval_every", "eval_max_items", "eval_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name} must be a positive integer, got {value}.")
+        if self.eval_data_root is None:
+            raise ValueError("--eval_every needs --eval_data_root: the folder scripts/prepare_benchmarks.py wrote.")
+        get_benchmark(self.eval_benchmark).load_records(self.eval_data_root)  # fails now, naming the missing file
 
     def validate_batch(self, world_size: int) -> None:
         opt, prefix = self.optimization, self.stage.recipe.value

@@ -107,7 +107,9 @@ class MetricsLogger:
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
         if self._wandb_run is not None:
-            self._wandb_run.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=step)
+            # Held-out metrics arrive as eval/<key> and keep that name; everything else is train/<key>.
+            self._wandb_run.log({k if k.startswith("eval/") else f"train/{k}": v for k, v in row.items() if k != "step"},
+                                step=step)  # fmt: skip
         if self._bar is not None:
             self._bar.update(1)
             self._bar.set_postfix(

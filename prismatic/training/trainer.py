@@ -8,6 +8,7 @@ far training got, which is what a checkpoint records, so a resumed run continues
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -63,12 +64,26 @@ class Trainer:
         stop_after_step: int | None = None,
         num_workers: int = 0,
         throughput: ThroughputMeter | None = None,
+        evaluate: Callable[[int], Mapping[str, float]] | None = None,
+        eval_every: int | None = None,
     ) -> None:
         self.strategy, self.dataset, self.collator, self.sampler = strategy, dataset, collator, sampler
         self.plan, self.checkpoints, self.metrics, self.ctx = plan, checkpoints, metrics, ctx
         self.seed, self.save_interval, self.stop_after_step = seed, save_interval, stop_after_step
         self.num_workers = num_workers
         self.throughput = throughput  # FLOPs, MFU and time shares per step, added to the metrics line
+        # Held-out evaluation every `eval_every` steps and at the end (its metrics join that step's line as eval/*).
+        self.evaluate, self.eval_every = evaluate, eval_every
+
+    def _held_out(self, step: int) -> dict[str, float]:
+        if self.evaluate is None or not self.eval_every:
+            return {}
+        if step % self.eval_every and step != self.plan.total_steps:
+            return {}
+        started = time.perf_counter()
+        with self.strategy.inference_context():
+            metrics = {f"eval/{key}": value for key, value in self.evaluate(step).items()}
+        return {**metrics, "eval/seconds": time.perf_counter() - started}
 
     def _loader(self, epoch: int) -> DataLoader:
         # A private generator: creating the loader draws worker seeds from it, not from the global RNG, so the
@@ -111,8 +126,8 @@ class Trainer:
                 elapsed = time.perf_counter() - started
                 sampler.advance(plan.global_batch_size)
                 step += 1
-                extra = self.throughput.finish_step(micro_batches, elapsed) if self.throughput is not None else None
-                self.metrics.log_step(step, epoch, result, elapsed, extra)
+                extra = self.throughput.finish_step(micro_batches, elapsed) if self.throughput is not None else {}
+                self.metrics.log_step(step, epoch, result, elapsed, {**extra, **self._held_out(step)})
                 if self.save_interval and step % self.save_interval == 0:
                     self._save(step, epoch)
                     saved_at = step

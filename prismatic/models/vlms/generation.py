@@ -64,6 +64,9 @@ class GenerationOptions:
     max_new_tokens: int = 128
     min_length: int = 0
     seed: int | None = None
+    # Every rank keeps stepping until all ranks' rows are done (transformers' `synced_gpus`): needed when the model is
+    # sharded over ranks (FSDP) and each rank generates for its own prompts, e.g. evaluation during training.
+    synced_gpus: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -292,7 +295,9 @@ def generate_token_ids(vlm: GenerativeVLM, images: object, prompt: object, **opt
     warn_if_fallback_tokenizer(llm_backbone)
     device = llm_backbone.llm.get_input_embeddings().weight.device
     input_ids, attention_mask = tokenize_prompts(llm_backbone, prompts)
-    with eval_mode(vlm), torch.inference_mode():
+    # no_grad rather than inference_mode: a model in the middle of training (FSDP's unsharded parameters) must not
+    # come out of evaluation holding inference tensors.
+    with eval_mode(vlm), torch.no_grad():
         pixel_values, has_image = prepare_pixel_values(vlm, rows, device)
         spliced = splice_prompts(vlm, input_ids.to(device), attention_mask.to(device), pixel_values, has_image)
         with seeded_rng(opts.seed, device):
@@ -311,6 +316,7 @@ def generate_token_ids(vlm: GenerativeVLM, images: object, prompt: object, **opt
                 attention_mask=spliced.attention_mask,
                 position_ids=spliced.position_ids,
                 generation_config=generation_config(llm_backbone, opts),
+                synced_gpus=opts.synced_gpus,
             )
     return cut_at_stop(new_tokens.tolist(), llm_backbone.eos_token_ids)
 

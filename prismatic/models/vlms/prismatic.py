@@ -158,7 +158,8 @@ class PrismaticVLM(nn.Module):
         frame 1), or None; with a list of prompts, a list holding one such entry per prompt. `prompt`: the text of
         `get_prompt_builder()...get_prompt()`, or a list of them (a batch). Returns a str, or a list of str for a
         list of prompts. Options: do_sample (False = greedy), temperature, top_p, top_k, max_new_tokens (128),
-        min_length (new tokens before a stop token is allowed), seed (reproducible sampling, global RNG untouched).
-        Runs in eval mode under `torch.inference_mode` and restores the previous mode.
+        min_length (new tokens before a stop token is allowed), seed (reproducible sampling, global RNG untouched),
+        synced_gpus (every rank steps until all are done: a model sharded over the ranks of a job).
+        Runs in eval mode without gradients and restores the previous mode.
         """
         return generate_text(self, images, prompt, **options)

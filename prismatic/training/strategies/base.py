@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +92,13 @@ class TrainingStrategy(ABC):
         if self.precision.mixed and not self.precision.pure_bf16:
             return torch.autocast(self.ctx.device.type, dtype=HALF_DTYPE)
         return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def inference_context(self) -> Iterator[None]:
+        """Around evaluation in the middle of training, which calls the model's own methods (encode, generate) rather
+        than the wrapper's forward: the same precision context as the training forward."""
+        with self.autocast():
+            yield
 
     def sync_context(self, is_last_micro_batch: bool) -> contextlib.AbstractContextManager:
         """Context around a micro-batch's backward; DDP defers its all-reduce to the last micro-batch."""

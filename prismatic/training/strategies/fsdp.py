@@ -18,12 +18,13 @@ weights in the optimizer.
 from __future__ import annotations
 
 import contextlib
-from typing import Literal
+from collections.abc import Iterator
+from typing import Literal, cast
 
 import torch
 import torch.nn as nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from prismatic.overwatch import initialize_overwatch
 from prismatic.training.options import HALF_DTYPE
@@ -61,6 +62,17 @@ class FSDPStrategy(TrainingStrategy):
     def autocast(self) -> contextlib.AbstractContextManager:
         # The mixed-precision policy already computes in bf16 (params cast at all-gather, inputs at each unit).
         return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def inference_context(self) -> Iterator[None]:
+        # Generation calls the LLM and the encoders directly, never the root's forward, whose pre-forward hook is what
+        # gathers the root's own parameters (embeddings, final norm, lm_head): gather them here for the duration.
+        root = cast(FSDPModule, self.model)
+        root.unshard()
+        try:
+            yield
+        finally:
+            root.reshard()
 
     def wrap_model(self) -> nn.Module:
         vlm, device = self.vlm, self.ctx.device

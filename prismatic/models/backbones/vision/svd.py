@@ -11,8 +11,14 @@
 
 Every random draw comes from a generator seeded by the sample's pixels (and a global seed), never from the global
 RNG, so a given image always gets the same noise and features, alone or in any batch (equal up to float rounding,
-which kernels do differently for different batch sizes). There is no `torch.no_grad` here:
-whether gradients reach the U-Net or VAE is decided by their `requires_grad` (the trainable ablations need it).
+which kernels do differently for different batch sizes). There is no `torch.no_grad` here: whether gradients reach
+the U-Net or VAE is decided by their `requires_grad` (the trainable ablations need it).
+
+Multi-image samples (K > 1) in release mode with cond-slots follow the released code, which encodes image 1 twice:
+one encoding (own noise-augmentation draw, `SVDNoise.fill`) fills all T conditioning slots, then each of the K images
+(own draw `SVDNoise.aug[k]`) is written into slot round(linspace(0, T-1, K))[k], so slot 0 holds image 1's *second*
+encoding. The fill draw comes after every other draw of the sample, so they are what they were before it existed.
+With K = 1 the fill is the one encoding (`aug[0]`); paper mode and the other placements use `aug[0]` for it too.
 
 The paper's VAE-only ablation (no U-Net query) is `vae_only.VAEOnlyBackbone`.
 """
@@ -54,6 +60,10 @@ from prismatic.models.backbones.vision.svd_unet import (
     unet_conditioning,
     unpack_uint8_frames,
 )
+
+# Bump when what the per-sample draws are, or how they enter the computation, changes (it is part of the feature cache
+# fingerprint, so old cached features are never reused). 2: image 1's all-slot fill has its own draw when K > 1.
+NOISE_CONVENTION = 2
 
 
 @dataclass
@@ -148,12 +158,15 @@ class SVDGenerativeEncoder(VisionBackbone):
         return {"unet": self.unet, "vae": self.vae}
 
     def cache_description(self) -> dict[str, Any]:
-        # Every option but where the weights come from (the weights digest covers them), plus the sigmas' scheduler
-        # and the CLIP preprocessing, which the checkpoint supplies.
-        config = {k: v for k, v in asdict(self.config).items() if k not in ("model_id", "variant")}
+        # Every option but the weights' location (the weights digest covers the weights, so a hub id and its local
+        # snapshot share a cache), plus the sigmas' scheduler and the CLIP preprocessing, which the checkpoint
+        # supplies. The variant stays in: it names which weight files were read (fp16 ones differ from fp32 ones), and
+        # recording it keeps that explicit rather than resting on the digest alone.
+        config = {k: v for k, v in asdict(self.config).items() if k != "model_id"}
         scheduler = {k: v for k, v in self.scheduler_config.items() if not k.startswith("_")}
         clip = {"mean": self.clip_mean, "std": self.clip_std, "size": self.clip_size}
-        return {"kind": "svd", "config": config, "scheduler": scheduler, "clip": clip}
+        return {"kind": "svd", "noise_convention": NOISE_CONVENTION, "config": config, "scheduler": scheduler,
+                "clip": clip}  # fmt: skip
 
     @property
     def fsdp_wrap_modules(self) -> tuple[type[nn.Module], ...]:
@@ -185,6 +198,10 @@ class SVDGenerativeEncoder(VisionBackbone):
             setattr(self.unet, name.removeprefix("unet."), None)
 
     # === Noise ===
+    def separate_fill(self, num_images: int) -> bool:
+        """Whether image 1's all-slot fill gets its own encoding and draw (the released code's K > 1 path)."""
+        return self.config.mode == "release" and self.config.resolved_placement == "cond-slots" and num_images > 1
+
     def draw_noise(self, images_uint8: torch.Tensor) -> SVDNoise:
         """One sample's noise, from its uint8 images [K, 3, S, S] and config.seed."""
         return draw_noise(
@@ -195,6 +212,7 @@ class SVDGenerativeEncoder(VisionBackbone):
             feature_shape=(self.embed_dim, self.grid_size, self.grid_size),
             with_unet=self.config.mode == "release",
             with_feat=self.config.mode == "release" and self.config.feature_noise,
+            with_fill=self.separate_fill(images_uint8.shape[0]),
         )
 
     # === Encoding ===
@@ -233,21 +251,31 @@ class SVDGenerativeEncoder(VisionBackbone):
             clean_counts = counts
         else:
             clean_counts = [1 if cfg.mode == "paper" else 0] * batch_size
+        separate = [self.separate_fill(counts[b]) for b in range(batch_size)]
         aug_inputs = [
             pixels[b, k] + cfg.noise_aug_strength * noise[b].aug[k].to(pixels.device)
             for b in range(batch_size)
             for k in range(aug_counts[b])
         ]
+        # Image 1 again with its own draw, for the all-slot fill (after the keyframes: K = 1 batches are unchanged).
+        fill_inputs = [
+            pixels[b, 0] + cfg.noise_aug_strength * noise[b].fill.to(pixels.device)
+            for b in range(batch_size)
+            if separate[b]
+        ]
+        aug_inputs += fill_inputs
         clean_inputs = [pixels[b, k] for b in range(batch_size) for k in range(clean_counts[b])]
         latents = self._vae_mode(torch.stack(aug_inputs + clean_inputs))
         aug_latents = iter(latents[: len(aug_inputs)].unbind(0))
         clean_latents = iter((float(self.vae.config.scaling_factor) * latents[len(aug_inputs) :]).unbind(0))
 
+        sample_augs = [[next(aug_latents) for _ in range(aug_counts[b])] for b in range(batch_size)]
         cond_rows, z0_rows = [], []
         for b in range(batch_size):
-            sample_aug = [next(aug_latents) for _ in range(aug_counts[b])]
+            sample_aug = sample_augs[b]
             sample_clean = [next(clean_latents) for _ in range(clean_counts[b])]
-            cond_rows.append(self._slotted(sample_aug[0], sample_aug if placement == "cond-slots" else []))
+            fill = next(aug_latents) if separate[b] else sample_aug[0]
+            cond_rows.append(self._slotted(fill, sample_aug if placement == "cond-slots" else []))
             if cfg.mode == "paper":
                 z0_rows.append(self._slotted(sample_clean[0], sample_clean if placement == "z0-slots" else []))
             elif sample_clean:  # release mode with z0-slots: keyframes on top of the pure noise, zeros elsewhere
@@ -271,6 +299,11 @@ class SVDGenerativeEncoder(VisionBackbone):
         if cfg.mode == "release" and any(n.unet is None or (cfg.feature_noise and n.feat is None) for n in noise):
             raise ValueError(
                 "Release mode needs SVDNoise.unet (and .feat with feature_noise); draw it with this encoder."
+            )
+        if any(self.separate_fill(count) and n.fill is None for count, n in zip(counts, noise)):
+            raise ValueError(
+                "Release mode with several images per sample needs SVDNoise.fill (image 1's all-slot fill draw); "
+                "draw the noise with this encoder's draw_noise on all of the sample's images."
             )
 
         pixels = to_signed_unit(frames.to(device))  # [B, Kmax, 3, S, S], float32

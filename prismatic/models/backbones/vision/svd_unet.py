@@ -127,6 +127,9 @@ class SVDNoise:
     aug: torch.Tensor  # [K, 3, S, S] noise augmentation of each input image (times noise_aug_strength)
     unet: torch.Tensor | None  # [T, 4, h, w] unit Gaussian in the U-Net's noisy channels (release mode only)
     feat: torch.Tensor | None  # [T, C, h', w'] the released code's tiny additive feature noise (release mode only)
+    # [3, S, S] noise augmentation of image 1's all-slot fill encoding: release mode, cond-slots, K > 1 only (the
+    # released code encoded image 1 twice there, each with its own draw; with K = 1 the fill is keyframe 0, aug[0]).
+    fill: torch.Tensor | None = None
 
 
 def noise_seed(images: torch.Tensor, seed: int) -> int:
@@ -148,15 +151,20 @@ def draw_noise(
     feature_shape: tuple[int, int, int],
     with_unet: bool = True,
     with_feat: bool = True,
+    with_fill: bool = False,
 ) -> SVDNoise:
     """Draw one sample's noise from a CPU generator seeded by its content, so a sample's features never depend on
     its batch, its position in it, or the global RNG (cacheable, reproducible). Draws are made in a fixed order (aug,
-    unet, feat), so leaving out the ones a configuration does not use never changes the others."""
+    unet, feat, fill) and a later draw is always preceded by all the earlier ones (drawn and dropped if unused), so
+    each draw's values never depend on which of the others a configuration uses: the fill, added last, left every
+    earlier draw as it was."""
     generator = torch.Generator(device="cpu").manual_seed(noise_seed(images, seed))
     aug = torch.randn(tuple(images.shape), generator=generator, dtype=torch.float32)
-    unet = torch.randn((num_frames, *latent_shape), generator=generator) if with_unet or with_feat else None
-    feat = torch.randn((num_frames, *feature_shape), generator=generator) if with_feat else None
-    return SVDNoise(aug=aug, unet=unet if with_unet else None, feat=feat)
+    need_unet, need_feat = with_unet or with_feat or with_fill, with_feat or with_fill
+    unet = torch.randn((num_frames, *latent_shape), generator=generator) if need_unet else None
+    feat = torch.randn((num_frames, *feature_shape), generator=generator) if need_feat else None
+    fill = torch.randn(tuple(images.shape[1:]), generator=generator) if with_fill else None
+    return SVDNoise(aug=aug, unet=unet if with_unet else None, feat=feat if with_feat else None, fill=fill)
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""The benchmark families, one file each; `prismatic.eval.registry` lists them."""
