@@ -98,3 +98,30 @@ def test_3dsr_counts_and_missing_files(tmp_path: Path) -> None:
     (raw / "3dsrbench_v1-00000-of-00001.parquet").unlink()
     with pytest.raises(BenchmarkDataError, match=r"3dsrbench_v1-00000-of-00001\.parquet is missing.*ccvl/3DSRBench"):
         ThreeDSR(strict_counts=False).prepare(tmp_path / "data", **QUIET)
+
+
+def test_3dsr_real_row(tmp_path: Path) -> None:
+    """A real row of ccvl/3DSRBench's parquet (as `load_dataset` prints it): `index` is the string id, there is no
+    `qid` column, C and D are null; two options, gold B, the COCO file name taken from `image_url`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    row = {"index": "VIN6MS3J",
+           "question": "Consider the real-world 3D locations of the objects. Which object has a higher location?",
+           "A": "baseball glove", "B": "red hat of the person in red in the back", "C": None, "D": None,
+           "answer": "B", "category": "height_higher", "image_source": "MS-COCO",
+           "image_url": "http://images.cocodataset.org/train2017/000000557944.jpg"}  # fmt: skip
+    raw = tmp_path / "data" / "3dsrbench" / "download"
+    raw.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([row]), raw / "3dsrbench_v1-00000-of-00001.parquet")
+    benchmark = ThreeDSR(strict_counts=False)
+    records = benchmark.build_records(raw, tmp_path / "data", lambda _: None)
+    assert list(records) == ["VIN6MS3J"]
+    record = records["VIN6MS3J"]
+    assert record["choices"] == ["baseball glove", "red hat of the person in red in the back"]
+    assert record["answer"] == "B" and record["category"] == "height_higher"
+    assert record["img_path"] == "3dsrbench/download/images/000000557944.jpg"
+    (item,) = benchmark.items(records)
+    assert item.candidates == ("A", "B")
+    assert item.message == (f"{row['question']}\nA. baseball glove\nB. red hat of the person in red in the back\n"
+                            f"{INSTRUCTION}")  # fmt: skip

@@ -121,3 +121,50 @@ def test_gqa_counts_missing_files_and_registry(tmp_path: Path) -> None:
     assert isinstance(family, GQA) and family.dataset_id == "gqa-slim" and family.variant == "slim-1024"
     assert family.slim_size == 1024
     assert {label for label, _ in family.columns} == set(paper_numbers("dyva_siglip+7b", "gqa"))
+
+
+# Two test-dev balanced records as a GQA masking study's README prints them (keys 20644644 and 20903190, images n...),
+# with their original question ("question_orig" there) put back in "question" and that extra key dropped.
+REAL_RECORDS = {
+    "20644644": {
+        "semantic": [{"operation": "select", "dependencies": [], "argument": "scene"},
+                     {"operation": "query", "dependencies": [0], "argument": "room"}],
+        "entailed": ["20644645", "20644643"], "equivalent": ["20644644"], "question": "Which room is it?",
+        "imageId": "n250821", "isBalanced": True, "groups": {"global": "room", "local": "02q-room"},
+        "answer": "bedroom", "semanticStr": "select: scene->query: room [0]",
+        "annotations": {"answer": {}, "question": {}, "fullAnswer": {}},
+        "types": {"detailed": "place", "semantic": "global", "structural": "query"}, "fullAnswer": "It is a bedroom.",
+    },
+    "20903190": {
+        "semantic": [{"operation": "select", "dependencies": [], "argument": "person (7)"},
+                     {"operation": "filter gender", "dependencies": [0], "argument": "female"},
+                     {"operation": "relate", "dependencies": [1], "argument": "train,near,s (-)"},
+                     {"operation": "exist", "dependencies": [2], "argument": "?"}],
+        "entailed": [], "equivalent": ["20903190"], "question": "Do you see a train near the female person?",
+        "imageId": "n411121", "isBalanced": True, "groups": {"global": None, "local": "13-person_train"},
+        "answer": "no",
+        "semanticStr": "select: person (7)->filter gender: female [0]->relate: train,near,s (-) [1]->exist: ? [2]",
+        "annotations": {"answer": {}, "question": {"7:9": "7"}, "fullAnswer": {"4": "6", "7": "7"}},
+        "types": {"detailed": "existRelSC", "semantic": "rel", "structural": "verify"},
+        "fullAnswer": "No, there is a van near the person.",
+    },
+}  # fmt: skip
+
+
+def test_gqa_real_records(tmp_path: Path) -> None:
+    raw = tmp_path / "data" / "gqa" / "download"
+    for i, row in enumerate(REAL_RECORDS.values()):
+        write_image(raw / "images" / f"{row['imageId']}.jpg", i)
+    (raw / "testdev_balanced_questions.json").write_text(json.dumps(REAL_RECORDS))
+    benchmark = small_gqa(size=1024)
+    benchmark.prepare(tmp_path / "data", **QUIET)
+    records = benchmark.load_records(tmp_path / "data")
+    room = records["20644644"]
+    assert room["question_id"] == 20644644 and room["img_path"] == "gqa/download/images/n250821.jpg"
+    assert (room["answer"], room["structural"], room["semantic"]) == ("bedroom", "query", "global")
+    scores = benchmark.score(records, {"20644644": Prediction("20644644", "Bedroom."),
+                                       "20903190": Prediction("20903190", "Yes")})  # fmt: skip
+    assert scores.metrics["accuracy__GQA-Accuracy"] == pytest.approx(50.0)
+    assert scores.metrics["accuracy__GQA-Open"] == 100.0 and scores.metrics["accuracy__GQA-Binary"] == 0.0
+    assert scores.metrics["accuracy__GQA-semantic-scene"] == 100.0
+    assert scores.metrics["accuracy__GQA-structural-verify"] == 0.0

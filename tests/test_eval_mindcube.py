@@ -123,3 +123,23 @@ def test_mindcube_counts_missing_file_and_full_set(tmp_path: Path) -> None:
         MindCubeAll().prepare(tmp_path / "data", **QUIET)
     path = MindCubeAll(strict_counts=False).prepare(tmp_path / "data", **QUIET)
     assert path.name == "metadata-all.json" and len(json.loads(path.read_text())) == len(ROWS)
+
+
+def test_split_question_on_real_questions() -> None:
+    """MindCube questions as public code quotes them verbatim: an `among` four-view question (the black sneaker) and
+    the pair-displacement template (the `among_group002_q0_1_1` example of a public MindCube loader's README)."""
+    sneaker = ("Based on these four images (image 1, 2, 3, and 4) showing the black sneaker from different viewpoints "
+               "(front, left, back, and right), with each camera aligned with room walls and partially capturing the "
+               "surroundings: From the viewpoint presented in image 2, what is to the right of the black sneaker? "
+               "A. TV B. Wooden dining table C. Light purple sofa D. Brown curtains and windows")  # fmt: skip
+    stem, options = split_question(sneaker)
+    assert stem.endswith("From the viewpoint presented in image 2, what is to the right of the black sneaker?")
+    assert options == ["TV", "Wooden dining table", "Light purple sofa", "Brown curtains and windows"]
+    pair = ("Based on these two views showing the same scene: in which direction did I move from the first view to "
+            "the second view? A. Directly left B. Diagonally forward and right C. Diagonally forward and left "
+            "D. Directly right")  # fmt: skip
+    assert split_question(pair) == (
+        "Based on these two views showing the same scene: in which direction did I move from the first view to the "
+        "second view?",
+        ["Directly left", "Diagonally forward and right", "Diagonally forward and left", "Directly right"],
+    )

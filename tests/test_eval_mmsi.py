@@ -14,7 +14,7 @@ from eval_helpers import COLOURS, run_family
 from PIL import Image
 
 from prismatic.eval.benchmark import BenchmarkDataError, EvalItem
-from prismatic.eval.benchmarks.mmsi import MMSI, split_question
+from prismatic.eval.benchmarks.mmsi import MMSI, canonical_type, split_question
 from prismatic.eval.predict import keyframe_slots
 from prismatic.eval.runner import RunOptions, answer_batch
 
@@ -135,3 +135,59 @@ def test_mmsi_counts_missing_file_and_pyarrow(tmp_path: Path, monkeypatch: pytes
     (raw / "MMSI_Bench.parquet").unlink()
     with pytest.raises(BenchmarkDataError, match=r"MMSI_Bench\.parquet is missing.*RunsenXu/MMSI-Bench"):
         MMSI(strict_counts=False).prepare(tmp_path / "data", **QUIET)
+
+
+# Real MMSI-Bench questions (hub split, ids 0 / 333 / 666 / 999, gold C / B / B / B) as public evaluation logs print
+# them verbatim; id 0 is a "Motion (Cam.)" question.
+REAL_QUESTIONS = {
+    0: "The images are taken continuously from a first-person perspective. In which direction are you moving?\n"
+       "Options: A: Left while moving backward, B: Forward to the left, C: Forward to the right, D: Right while moving "
+       "backward",
+    333: "Two pictures are taken consecutively from a first-person perspective. At the moment of the last picture, in "
+         "which direction is the brown cabinet relative to you?\nOptions: A: Right, B: Behind, C: Left, D: In front",
+    666: "The picture is a first-person continuous shot. What is the motion state of the blue car closest to you in "
+         "the image?\nOptions: A: Moving to the right, B: Stationary, C: Moving to the left, D: Moving forward",
+    999: "Continuous shooting from a first-person perspective, with the direction in Photo 1 as the front, what is the "
+         "position of the shooting location in Photo 2 relative to the shooting location in Photo 1?\nOptions: A: "
+         "Right, B: Front, C: Back, D: Left",
+}  # fmt: skip
+
+
+def test_split_question_on_real_questions() -> None:
+    assert split_question(REAL_QUESTIONS[0]) == (
+        "The images are taken continuously from a first-person perspective. In which direction are you moving?",
+        ["Left while moving backward", "Forward to the left", "Forward to the right", "Right while moving backward"],
+    )
+    assert split_question(REAL_QUESTIONS[333])[1] == ["Right", "Behind", "Left", "In front"]
+    assert split_question(REAL_QUESTIONS[666])[1] == ["Moving to the right", "Stationary", "Moving to the left",
+                                                      "Moving forward"]  # fmt: skip
+    stem, options = split_question(REAL_QUESTIONS[999])
+    assert stem.endswith("relative to the shooting location in Photo 1?") and options == ["Right", "Front", "Back",
+                                                                                          "Left"]  # fmt: skip
+
+
+def test_mmsi_real_row_and_legacy_type_names(tmp_path: Path) -> None:
+    """Question 0 as the hub parquet holds it, beside a fixture row carrying the legacy ASCII-hyphen type name that
+    lmms-eval aliases ("Positional Relationship (Cam.-Obj.)"): read under the en-dash name, counted in its column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    assert canonical_type("Positional Relationship (Cam.-Obj.)") == "Positional Relationship (Cam.–Obj.)"
+    assert canonical_type("MSR") == "MSR"
+    raw = tmp_path / "data" / "mmsi" / "download"
+    raw.mkdir(parents=True)
+    pq.write_table(pa.table({
+        "id": [0, 1],
+        "images": [[jpeg(0), jpeg(1)], [jpeg(2), jpeg(3)]],
+        "question_type": ["Motion (Cam.)", "Positional Relationship (Cam.-Obj.)"],
+        "question": [REAL_QUESTIONS[0], "Where is the lamp relative to camera 2?\nOptions: A: Left, B: Right"],
+        "answer": ["C", "B"],
+        "thought": ["...", "..."],
+    }), raw / "MMSI_Bench.parquet")  # fmt: skip
+    logs: list[str] = []
+    records = MMSI(strict_counts=False).build_records(raw, tmp_path / "data", logs.append)
+    assert records["0"]["question_type"] == "Motion (Cam.)" and records["0"]["answer"] == "C"
+    assert records["0"]["choices"][2] == "Forward to the right"
+    assert records["1"]["question_type"] == "Positional Relationship (Cam.–Obj.)"
+    assert not any("outside the paper's columns" in line for line in logs)
+    assert any("found 1 'Positional Relationship (Cam.–Obj.)' questions" in line for line in logs)

@@ -110,3 +110,51 @@ def test_pope_counts_and_missing_files(tmp_path: Path) -> None:
     (tmp_path / "data" / "pope" / "download" / "coco_pope_popular.json").unlink()
     with pytest.raises(BenchmarkDataError, match=r"coco_pope_popular\.json is missing.*AoiDragon/POPE"):
         small_pope().prepare(tmp_path / "data", **QUIET)
+
+
+# Real lines of AoiDragon/POPE output/coco/ at commit 7ef3026 (adversarial, popular: the first three; random: lines
+# 4-6). Its question ids start at 0 and it adds "image_id"; copies of the main branch documented elsewhere start at 1
+# without "image_id". The parser takes both.
+REAL_LINES = {
+    "adversarial": [
+        '{"question_id": 0, "image": "COCO_val2014_000000548882.jpg", "image_id": 548882, "text": "Is there a dining '
+        'table in the image?", "label": "yes"}',
+        '{"question_id": 1, "image": "COCO_val2014_000000548882.jpg", "image_id": 548882, "text": "Is there a chair in '
+        'the image?", "label": "no"}',
+        '{"question_id": 2, "image": "COCO_val2014_000000548882.jpg", "image_id": 548882, "text": "Is there a sandwich '
+        'in the image?", "label": "yes"}',
+    ],
+    "popular": [
+        '{"question_id": 0, "image": "COCO_val2014_000000548882.jpg", "image_id": 548882, "text": "Is there a dining '
+        'table in the image?", "label": "yes"}',
+        '{"question_id": 1, "image": "COCO_val2014_000000548882.jpg", "image_id": 548882, "text": "Is there a sandwich '
+        'in the image?", "label": "yes"}',
+        '{"question_id": 2, "image": "COCO_val2014_000000548882.jpg", "image_id": 548882, "text": "Is there a bottle in '
+        'the image?", "label": "yes"}',
+    ],
+    "random": [
+        '{"question_id": 3, "image": "COCO_val2014_000000548882.jpg", "image_id": 548882, "text": "Is there a tv in the '
+        'image?", "label": "no"}',
+        '{"question_id": 4, "image": "COCO_val2014_000000548882.jpg", "image_id": 548882, "text": "Is there an orange '
+        'in the image?", "label": "no"}',
+        '{"question_id": 5, "image": "COCO_val2014_000000548882.jpg", "image_id": 548882, "text": "Is there a zebra in '
+        'the image?", "label": "no"}',
+    ],
+}
+
+
+def test_pope_real_lines(tmp_path: Path) -> None:
+    raw = tmp_path / "data" / "pope" / "download"
+    write_image(raw / "val2014" / "COCO_val2014_000000548882.jpg", 0)
+    for split, lines in REAL_LINES.items():
+        (raw / f"coco_pope_{split}.json").write_text("".join(line + "\n" for line in lines))
+    benchmark = small_pope()
+    benchmark.prepare(tmp_path / "data", **QUIET)
+    records = benchmark.load_records(tmp_path / "data")
+    assert sorted(records) == sorted(f"{split}-{json.loads(line)['question_id']}"
+                                     for split, lines in REAL_LINES.items() for line in lines)  # fmt: skip
+    assert records["adversarial-1"]["question"] == "Is there a chair in the image?"
+    assert records["adversarial-1"]["answer"] == "no" and records["popular-0"]["answer"] == "yes"
+    assert records["random-5"]["img_path"] == "pope/download/val2014/COCO_val2014_000000548882.jpg"
+    item = {i.id: i for i in benchmark.items(records)}["random-3"]
+    assert item.message == "Is there a tv in the image?\nAnswer the question using a single word or phrase."

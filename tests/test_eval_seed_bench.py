@@ -115,3 +115,48 @@ def test_seed_bench_counts_and_missing_files(tmp_path: Path, monkeypatch: pytest
         path.unlink()
     with pytest.raises(BenchmarkDataError, match=r"no SEED-Bench\.json and no parquet files.*lmms-lab/SEED-Bench"):
         SEEDBench(strict_counts=False).prepare(tmp_path / "data", **QUIET)
+
+
+def test_seed_bench_real_records_and_the_files_own_dimension_names(tmp_path: Path) -> None:
+    """The image and video examples of AILab-CVC/SEED-Bench's DATASET.md (questions 101669 and v1738, verbatim) and
+    its `question_type` map, which numbers "Instance Location" 3 and "Instance Attributes" 4 (other copies swap them):
+    the video row is left out, and a dimension is named (and counted) by the file's own map. Question "900" is a
+    fixture of dimension 3, to exercise the map."""
+    raw = tmp_path / "data" / "seed-bench" / "download"
+    questions = [
+        {"answer": "A", "choice_a": "One", "choice_b": "Two", "choice_c": "Three", "choice_d": "Four",
+         "data_id": "1454426_2591111986", "data_type": "image", "question": "How many towels are in the image?",
+         "question_id": "101669", "question_type_id": 5},
+        {"answer": "B", "choice_a": "throwing something in the air and letting it fall",
+         "choice_b": "throwing something in the air and catching it",
+         "choice_c": "lifting up one end of something, then letting it drop down",
+         "choice_d": "poking something so that it falls over", "data_id": "94328.webm", "data_type": "video",
+         "question": "What is the action being carried out in the video?", "question_id": "v1738",
+         "question_type_id": 10},
+        {"answer": "C", "choice_a": "left", "choice_b": "right", "choice_c": "top", "choice_d": "bottom",
+         "data_id": "fixture_3.jpg", "data_type": "image", "question": "Where is the cup?", "question_id": "900",
+         "question_type_id": 3},
+    ]  # fmt: skip
+    question_type = {"Scene Understanding": 1, "Instance Identity": 2, "Instance Location": 3, "Instance Attributes": 4,
+                     "Instances Counting": 5, "Spatial Relation": 6, "Instance Interaction": 7, "Visual Reasoning": 8,
+                     "Text Understanding": 9, "Action Recognition": 10, "Action Prediction": 11,
+                     "Procedure Understanding": 12}  # fmt: skip
+    for i, name in enumerate(("1454426_2591111986", "fixture_3.jpg")):  # the real data_id has no extension
+        (raw / "SEED-Bench-image").mkdir(parents=True, exist_ok=True)
+        (raw / "SEED-Bench-image" / name).write_bytes(write_image(tmp_path / f"{i}.jpg", i).read_bytes())
+    (raw / "SEED-Bench.json").write_text(json.dumps({"questions": questions, "question_type": question_type}))
+    logs: list[str] = []
+    benchmark = SEEDBench(strict_counts=False)
+    benchmark.prepare(tmp_path / "data", log=logs.append)
+    records = benchmark.load_records(tmp_path / "data")
+    assert list(records) == ["101669", "900"]
+    assert records["101669"]["dimension"] == "Instances Counting"
+    assert records["101669"]["choices"] == ["One", "Two", "Three", "Four"] and records["101669"]["answer"] == "A"
+    assert records["900"]["dimension"] == "Instance Location"
+    assert any("1 questions of dimension 'Instance Location', the SEED-Bench paper lists 978" in line for line in logs)
+    from prismatic.eval.benchmark import Prediction
+
+    scores = benchmark.score(records, {"101669": Prediction("101669", "A"), "900": Prediction("900", "B")})
+    assert scores.metrics["accuracy__SEED-Instances-Counting"] == 100.0
+    assert scores.metrics["accuracy__SEED-Instance-Location"] == 0.0
+    assert "accuracy__SEED-Instance-Attributes" not in scores.metrics

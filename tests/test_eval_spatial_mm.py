@@ -98,3 +98,38 @@ def test_spatial_mm_counts_and_missing_files(tmp_path: Path) -> None:
     (raw / "images").rmdir()
     with pytest.raises(BenchmarkDataError, match=r"images is missing.*Google Drive"):
         SpatialMM(strict_counts=False).prepare(tmp_path / "data", **QUIET)
+
+
+def test_spatial_mm_real_records(tmp_path: Path) -> None:
+    """Verbatim items of FatemehShiri/Spatial-MM's two files: 4- and 2-option questions, the stray leading quote of
+    6898464256, and two of the six letter/text mismatches (b2a8fdeff0 "C. middle" where C is "left"; a213089337
+    "D. front" where D is "back"), scored by the letter and flagged."""
+    raw = tmp_path / "data" / "spatial-mm-obj" / "download"
+    one = [
+        {"image_name": "1b875201ff.jpg", "question": "Which direction is elephant facing from camera's perspective?"
+         "\nA. left\nB. right\nC. bottom\nD. front", "answer": "B. right", "object1": "elephant", "object2": ""},
+        {"image_name": "b2a8fdeff0.jpg", "question": "Where is the steering wheel located from camera's perspective?"
+         "\nA. middle\nB. bottom\nC. left\nD. right", "answer": "C. middle", "object1": "steering wheel",
+         "object2": ""},
+        {"image_name": "8087a6bee7.jpg", "question": "Is the chair located in the top corner of this image?\nA. yes"
+         "\nB. no", "answer": "B. no", "object1": "chair", "object2": ""},
+    ]  # fmt: skip
+    two = [
+        {"image_name": "75a3568a9a.jpg", "question": "In which hand is the man holding the glass?\nA. left\nB. right",
+         "answer": "B. right", "object1": "man", "object2": "glass"},
+        {"image_name": "6898464256.jpg", "question": "\"To which ear of the cows is the number attached?\nA. left"
+         "\nB. right", "answer": "B. right", "object1": "number", "object2": "cows"},
+        {"image_name": "a213089337.jpg", "question": "Where is the dog from the woman's perspective?\nA. right\nB. "
+         "front\nC. left\nD. back", "answer": "D. front", "object1": "dog", "object2": "woman"},
+    ]  # fmt: skip
+    (raw / "images").mkdir(parents=True)
+    (raw / "spatial_mm_one_obj.json").write_text(json.dumps(one, indent=4))
+    (raw / "spatial_mm_two_obj.json").write_text(json.dumps(two, indent=4))
+    records = SpatialMM(strict_counts=False).build_records(raw, tmp_path / "data", lambda _: None)
+    assert list(records) == ["one-0", "one-1", "one-2", "two-0", "two-1", "two-2"]
+    assert records["one-0"]["stem"] == "Which direction is elephant facing from camera's perspective?"
+    assert records["one-0"]["options"] == ["left", "right", "bottom", "front"]
+    assert records["one-2"]["options"] == ["yes", "no"] and records["one-2"]["answer_letter"] == "B"
+    assert records["two-1"]["stem"] == '"To which ear of the cows is the number attached?'
+    assert [qid for qid, r in records.items() if r["answer_text_mismatch"]] == ["one-1", "two-2"]
+    assert records["one-1"]["answer_letter"] == "C" and records["two-2"]["answer_letter"] == "D"

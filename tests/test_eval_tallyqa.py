@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from eval_helpers import run_family, write_image
 
-from prismatic.eval.benchmark import BenchmarkDataError
+from prismatic.eval.benchmark import BenchmarkDataError, Prediction
 from prismatic.eval.benchmarks.tallyqa import TallyQA
 
 QUIET = {"log": lambda _: None}
@@ -93,3 +93,24 @@ def test_tallyqa_counts_and_missing_files(tmp_path: Path) -> None:
     (tmp_path / "data" / "tallyqa" / "download" / "test.json").unlink()
     with pytest.raises(BenchmarkDataError, match=r"test\.json.*manoja328/tallyqa"):
         small_tallyqa().prepare(tmp_path / "data", **QUIET)
+
+
+def test_tallyqa_real_record(tmp_path: Path) -> None:
+    """The record manoja328/tallyqa's README prints as a `test.json`/`train.json` entry (a Python repr there)."""
+    raw = tmp_path / "data" / "tallyqa" / "download"
+    real = {"answer": 4, "data_source": "imported_genome", "image": "VG_100K_2/2410408.jpg", "image_id": 92410408,
+            "issimple": False, "question": "How many headlights does the black bus have?",
+            "question_id": 30095774}  # fmt: skip
+    write_image(raw / real["image"], 0)
+    (raw / "test.json").write_text(json.dumps([real]))
+    small_tallyqa().prepare(tmp_path / "data", **QUIET)
+    records = TallyQA().load_records(tmp_path / "data")
+    assert records == {"30095774": {"question_id": 30095774, "question": "How many headlights does the black bus have?",
+                                    "img_path": "tallyqa/download/VG_100K_2/2410408.jpg", "answer": 4,
+                                    "split": "complex"}}  # fmt: skip
+    item = TallyQA().items(records)[0]
+    assert item.message.startswith("How many headlights does the black bus have?\nA. 0\nB. 1\n")
+    assert "\nP. 15\n" in item.message
+    scores = TallyQA().score(records, {"30095774": Prediction("30095774", "E")})  # E = the fifth choice, "4"
+    assert scores.metrics["accuracy__TallyQA-complex-Accuracy"] == scores.metrics["accuracy__TallyQA-final-Accuracy"]
+    assert scores.metrics["accuracy__TallyQA-final-Accuracy"] == 100.0

@@ -2,7 +2,10 @@
 about Visual Genome images, one ground-truth answer each. The paper's Tables 3/5/6 "GQA" column.
 
 Raw files (`<data_root>/gqa/download/`): `testdev_balanced_questions.json` (from `questions1.2.zip`) and
-`images/<imageId>.jpg` (`images.zip`; only the selected items' images are needed).
+`images/<imageId>.jpg` (`images.zip`; only the selected items' images are needed). The file is one object keyed by
+question id; a test-dev record: "20644644": {"question": "Which room is it?", "imageId": "n250821", "answer":
+"bedroom", "fullAnswer": "It is a bedroom.", "isBalanced": true, "types": {"detailed": "place", "semantic": "global",
+"structural": "query"}, "semantic", "semanticStr", "entailed", "equivalent", "groups", "annotations"}.
 
 Protocol (vlm-evaluation): records in the questions file's key order (12,578 questions over 398 images), the slim subset
 is the first 1,024 ids of the `random.Random(21)` shuffle (`prismatic.eval.slim`). `vqa_prompt`, greedy generation (at

@@ -12,7 +12,9 @@ Matterport3D, Ego4D, AgiBot-World, DTU, DAVIS-2017 and Waymo under their own ter
 
 Counts: 1,000 questions; per `question_type` (the exact strings, with an en dash "–")
 93 / 94 / 81 / 86 / 85 / 83 / 64 / 66 / 74 / 76 / 198 in the paper's column order (every paper cell is k/n with these
-n). `prepare` checks all of them.
+n). `prepare` checks all of them. (The same 11 counts are pinned on the official revision by a public validator of
+the hub split.) Copies with the legacy ASCII-hyphen names ("Positional Relationship (Cam.-Obj.)", which lmms-eval maps
+back with an alias table) are read under the en-dash names.
 
 Protocol (vlm-evaluation's closed form, as the paper scored DyVA): the user message is `multiple_choice_prompt(stem,
 options)` ("{stem}\\nA. {o1}\\nB. {o2}...\\nAnswer with the option's letter from the given choices directly."), the
@@ -20,14 +22,16 @@ candidates are the option letters, the prediction is the argmax of the first gen
 correct = the gold letter (`answer`). All images go to the model in dataset order; the runner's keyframe policy picks
 which ones fill the generative encoder's slots when there are more images than slots (MSR items have up to 10).
 
-Stem + options: MMSI has no option columns; the options are written into `question`, as
-"<question text>\\nOptions: A: <o1>, B: <o2>, C: <o3>, D: <o4>". `split_question` takes the text after the last
-"Options:" label, finds the option markers (a letter A-D followed by ":", "." or ")", at the start or after a space,
-comma or semicolon) as the chain A, B, C, ... in order, and cuts the options between them (separating commas dropped);
-the stem is the text before the label. A question it cannot split (no chain of at least two options, an empty option,
-or a gold letter outside the parsed letters) keeps its whole text as the stem, gets candidates A-D, and is counted in
-the results' notes (and the prepare log). `thought` (the annotated reasoning, i.e. the answer) is never put in the
-prompt, and is not stored in the metadata.
+Stem + options: MMSI has no option columns; the options are written into `question`, as "<question text>\\nOptions: A:
+<o1>, B: <o2>, C: <o3>, D: <o4>" (e.g. question 0: "The images are taken continuously from a first-person perspective.
+In which direction are you moving?\\nOptions: A: Left while moving backward, B: Forward to the left, C: Forward to the
+right, D: Right while moving backward", answer "C"). `split_question` takes the text after the last "Options:" label,
+finds the option markers (a letter A-D followed by ":", "." or ")", at the start or after a space, comma or semicolon)
+as the chain A, B, C, ... in order, and cuts the options between them (separating commas dropped); the stem is the text
+before the label. A question it cannot split (no chain of at least two options, an empty option, or a gold letter
+outside the parsed letters) keeps its whole text as the stem, gets candidates A-D, and is counted in the results' notes
+(and the prepare log). `thought` (the annotated reasoning, i.e. the answer) is never put in the prompt, and is not
+stored in the metadata.
 
 Metrics: `accuracy__MMSI-<question_type>` per type and `accuracy__MMSI-Accuracy` = micro average over all items (the
 paper's Avg = sum of correct / 1,000).
@@ -79,6 +83,8 @@ QUESTION_TYPES: dict[str, tuple[str, int]] = {
     "MSR": ("MSR", 198),
 }
 AVERAGE_KEY = "accuracy__MMSI-Accuracy"
+# Legacy spelling of the positional types (ASCII hyphen for the en dash) -> the names above.
+TYPE_ALIASES = {name.replace("–", "-"): name for name in QUESTION_TYPES if "–" in name}
 
 _OPTIONS_LABEL = re.compile(r"options\s*:", re.IGNORECASE)
 _OPTION_MARKER = re.compile(r"(?<![^\s,;(])([A-D])\s*[:.)]\s*")
@@ -86,6 +92,12 @@ _OPTION_MARKER = re.compile(r"(?<![^\s,;(])([A-D])\s*[:.)]\s*")
 
 def type_key(question_type: str) -> str:
     return f"accuracy__MMSI-{question_type}"
+
+
+def canonical_type(question_type: object) -> str:
+    """A row's `question_type` under the names of QUESTION_TYPES (legacy ASCII-hyphen spellings mapped back)."""
+    name = str(question_type).strip()
+    return TYPE_ALIASES.get(name, name)
 
 
 def split_question(question: str) -> tuple[str, list[str]] | None:
@@ -118,11 +130,13 @@ class MMSI(Benchmark):
     def build_records(self, raw_dir: Path, data_root: Path, log: Log) -> Records:
         path = self.require(raw_dir, PARQUET)
         rows = list(parquet_rows(path, self.title, ["id", "question_type", "question", "answer"]))
+        for row in rows:
+            row["question_type"] = canonical_type(row["question_type"])
         self.check_count(f"questions in {PARQUET}", len(rows), MMSI_ITEMS, log)
         for question_type, (_, expected) in QUESTION_TYPES.items():
             found = sum(row["question_type"] == question_type for row in rows)
             self.check_count(f"{question_type!r} questions", found, expected, log)
-        unknown = sorted({str(row["question_type"]) for row in rows} - set(QUESTION_TYPES))
+        unknown = sorted({row["question_type"] for row in rows} - set(QUESTION_TYPES))
         if unknown:
             log(f"[prepare] mmsi: question types outside the paper's columns (scored in Avg only): {unknown}")
         image_paths: dict[str, list[str]] = {}
@@ -151,7 +165,7 @@ class MMSI(Benchmark):
             records[qid] = {
                 "example_id": row["id"],
                 "question": str(row["question"]),
-                "question_type": str(row["question_type"]),
+                "question_type": row["question_type"],
                 "img_paths": paths,
                 "answer": answer,
                 "stem": split[0] if split else None,

@@ -6,8 +6,10 @@ not F1.
 Raw files (`<data_root>/pope/download/`): `coco_pope_adversarial.json`, `coco_pope_popular.json` and
 `coco_pope_random.json` from AoiDragon/POPE at commit e3e39262c85a6a83f26cf5094022a782cb0df58d, folder `output/coco/`
 (JSON Lines despite the extension; 3,000 / 3,000 / 2,910 lines), and the COCO val2014 images in `val2014/`
-(http://images.cocodataset.org/zips/val2014.zip). A raw line: {"question_id": 3, "image": "COCO_val2014_...jpg",
-"text": "Is there a snowboard in the image?", "label": "yes" | "no"}.
+(http://images.cocodataset.org/zips/val2014.zip). A raw line (the first of a main-branch copy): {"question_id": 1,
+"image": "COCO_val2014_000000310196.jpg", "text": "Is there a snowboard in the image?", "label": "yes"}; labels are
+"yes" / "no". Other revisions of the repository differ (e.g. commit 7ef3026: ids from 0, an extra "image_id", 3,000
+random lines); extra keys are ignored, the line counts are checked.
 
 Slim subset (vlm-evaluation's rule, `prismatic.eval.slim`): every line becomes a record with qid
 "<split>-<question_id>" (question ids repeat across splits), inserted split by split in the order adversarial,

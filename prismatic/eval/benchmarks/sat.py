@@ -11,26 +11,43 @@ images to `download/images/val_<row>_<k>.<png|jpg>` (row = position in the file,
 Licence MIT.
 
 Counts: 4,001 questions (checked). The per-type counts are not published; `prepare` logs them, and the paper's Avg
-(item-weighted, not the mean of its five columns) suggests Act. Cons. has about twice the items of the others.
+(item-weighted, not the mean of its five columns) suggests Act. Cons. has about twice the items of the others. The
+authors' upload script (arijitray1993/r2d3 `scripts/3d_reasoning_qas/huggingface/upload_data_hf.py`) stops the val
+perspective questions at 779 (UNVERIFIED against the hub file).
 
-Protocol (vlm-evaluation's closed form, as the paper scored DyVA): the options are `answers` in file order, lettered
-A, B, ...; the user message is `multiple_choice_prompt(question, answers)` ("{question}\\nA. {a1}\\nB. {a2}\\nAnswer with
-the option's letter from the given choices directly."), the candidates are the letters, the prediction is the argmax
-of the first generated token's probability over them, correct = the letter of `correct_answer`'s position in `answers`
-(exact match, else after stripping and case-folding; no match is a data error). The answers are not shuffled: the
-array/SAT card asks users to randomise them or evaluate circularly, and the order of the file decides which letter is
-gold, so `prepare` logs (and the results' notes give) the share of items whose gold letter is A.
+Protocol (vlm-evaluation's closed form, as the paper scored DyVA): the options are `answers` in a fixed per-item
+shuffled order (below), lettered A, B, ...; the user message is `multiple_choice_prompt(question, options)`
+("{question}\\nA. {a1}\\nB. {a2}\\nAnswer with the option's letter from the given choices directly."), the candidates
+are the letters, the prediction is the argmax of the first generated token's probability over them, correct = the
+letter of `correct_answer` among the options (exact match, else after stripping and case-folding; no match is a data
+error).
 
-Columns (question_type -> paper header): obj_movement -> "Obj Move.", action_consequence -> "Act. Cons.", goal_aim ->
-"Goal Aim", perspective -> "Persp."; "Act. Seq." is UNVERIFIED: the data's `action_sequence` type when the split has
-one, else `ego_movement` (the camera-movement questions; the only remaining dynamic type). The note in the results says
-which type filled it. Every type gets `accuracy__SAT-<question_type>`; the "Act. Seq." cell is
-`accuracy__SAT-Act. Seq.`; Avg is `accuracy__SAT-Accuracy`, the micro average over all items (types outside the
-columns included).
+Why shuffled: the authors' upload script (above) writes `correct_answer = answers[0]`, so in file order the gold letter
+would be A for every item and a model that always says "A" would score 100%; the array/SAT card asks users to randomise
+the answers or evaluate circularly. The order is `random.Random(f"sat-{example_id}").shuffle` of the answers (string
+seeds are hashed with SHA-512 by Python, so the order is the same on every machine and run); the metadata keeps the
+file's order too (`answers_in_file_order`), and `prepare` logs (and the results' notes give) the share of items whose
+gold letter is A (about 1/2 with two options). How the authors' fork ordered the options is not known.
+
+The upload script also says how `question_type` is set: from the question's text (case-folded
+substrings, later rules win): "how did the camera" / "is the camera moving" -> action_sequence, "need to go" ->
+goal_aim, "any of the objects in the initial" -> obj_movement, "if i" -> action_consequence, "if i move to the" / "for
+someone at the" -> perspective, anything else -> other. Real example (a train question, as quoted in the R4D paper):
+"Were any of the objects in the initial frame that you can still see in the second frame moved from their original
+positions?", answers "green tapered square potted houseplant was moved right and towards the camera in the first frame"
+/ "... moved left and away from ...", correct the first, type obj_movement.
+
+Columns (question_type -> paper header): obj_movement -> "Obj Move.", action_sequence -> "Act. Seq." (the camera-
+movement questions), action_consequence -> "Act. Cons.", goal_aim -> "Goal Aim", perspective -> "Persp.". Other
+copies of SAT name the camera-movement type `ego_movement`; a split with no `action_sequence` fills "Act. Seq." from
+it, and the results' note flags that as UNVERIFIED. Every type gets `accuracy__SAT-<question_type>`; the "Act. Seq."
+cell is `accuracy__SAT-Act. Seq.`; Avg is `accuracy__SAT-Accuracy`, the micro average over all items (types outside
+the columns, such as `other`, included).
 """
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -57,7 +74,7 @@ PARQUET = "SAT_val.parquet"
 # Paper column -> the question types that can fill it, in order of preference (the first present in the data wins).
 COLUMN_TYPES: dict[str, tuple[str, ...]] = {
     "Obj Move.": ("obj_movement",),
-    "Act. Seq.": ("action_sequence", "ego_movement"),  # UNVERIFIED (see the module docstring)
+    "Act. Seq.": ("action_sequence", "ego_movement"),  # ego_movement is an UNVERIFIED fallback (module docstring)
     "Act. Cons.": ("action_consequence",),
     "Goal Aim": ("goal_aim",),
     "Persp.": ("perspective",),
@@ -120,12 +137,14 @@ class SAT(Benchmark):
             if index is None:
                 raise BenchmarkDataError(f"{self.title}: row {example_id}: correct_answer {row['correct_answer']!r} "
                                          f"is not one of its answers {answers}.")  # fmt: skip
+            order = option_order(example_id, len(answers))
             records[str(example_id)] = {
                 "example_id": example_id,
                 "question": str(row["question"]),
-                "choices": answers,
+                "choices": [answers[i] for i in order],
+                "answers_in_file_order": answers,
                 "correct_answer": str(row["correct_answer"]),
-                "answer": letters(len(answers))[index],
+                "answer": letters(len(answers))[order.index(index)],
                 "question_type": str(row["question_type"]),
                 "img_paths": [],
                 "split": "val",
@@ -166,9 +185,9 @@ class SAT(Benchmark):
         notes = ["Avg. = micro average over all items."]
         if "Act. Seq." in chosen:
             metrics[ACT_SEQ_KEY] = metrics[type_key(chosen["Act. Seq."])]
-            notes.append(
-                f"Act. Seq. = question_type {chosen['Act. Seq.']!r} (UNVERIFIED mapping of the paper's column)."
-            )
+            fallback = chosen["Act. Seq."] != "action_sequence"
+            unverified = " (UNVERIFIED mapping of the paper's column)" if fallback else ""
+            notes.append(f"Act. Seq. = question_type {chosen['Act. Seq.']!r}{unverified}.")
         outside = sorted(present - set(chosen.values()))
         if outside:
             notes.append(f"Question types in no paper column (counted in Avg. only): {outside}.")
@@ -176,6 +195,13 @@ class SAT(Benchmark):
         return Scores(metrics, counts, notes)
 
 
+def option_order(example_id: int, count: int) -> list[int]:
+    """The fixed order in which an item's answers are offered (file positions), the same on every machine."""
+    order = list(range(count))
+    random.Random(f"sat-{example_id}").shuffle(order)
+    return order
+
+
 def gold_letter_note(records: Records) -> str:
     share = 100.0 * sum(r["answer"] == "A" for r in records.values()) / max(len(records), 1)
-    return f"The gold letter is A for {share:.1f}% of items (answers are asked in file order, not shuffled)."
+    return f"The gold letter is A for {share:.1f}% of items (answers offered in a fixed per-item shuffled order)."

@@ -13,9 +13,17 @@ Raw files (`<data_root>/seed-bench/download/`), either source (the official one 
   `SEED-Bench-image.zip` unzipped to `SEED-Bench-image/<data_id>`.
 
 Count: 14,233 image questions, per dimension 3,158 / 1,831 / 4,649 / 978 / 2,447 / 657 / 97 / 331 / 85 (the
-SEED-Bench paper's table; they sum to 14,233). Unverified here against the downloaded files, although another public
+SEED-Bench paper's table, in the order Scene Understanding, Instance Identity, Instance Attributes, Instance Location,
+Instances Counting, ...; they sum to 14,233). Unverified here against the downloaded files, although another public
 fork of vlm-evaluation asserts the same 14,233 on `SEED-Bench.json`: the total goes through `check_count` (an error
 unless counts may differ), a per-dimension difference is only logged.
+
+Dimension names: a question carries only `question_type_id`. `SEED-Bench.json` ends with its own name -> id map
+(`"question_type": {"Scene Understanding": 1, ...}`), which names the dimensions when present. Public copies of that
+map disagree on ids 3 and 4: the repository's DATASET.md lists "Instance Location": 3, "Instance Attributes": 4, while
+the SEED-Bench-2 release and loaders built on the hub data use "Instance Attributes": 3, "Instance Location": 4. The
+latter is the default (`DIMENSIONS`, used for the hub parquet, which carries no map); per-dimension counts and metric
+keys follow the names, so they stay right under either numbering when the official JSON is read.
 
 Protocol: the wlm-eval fork's `seed-bench` harness is not public, so this follows vlm-evaluation's own multiple-choice
 path (an assumption): `multiple_choice_prompt(question, [choice_a, .., choice_d])` (the question, "A. .." to "D. ..",
@@ -61,7 +69,9 @@ DIMENSIONS = {
     5: "Instances Counting", 6: "Spatial Relation", 7: "Instance Interaction", 8: "Visual Reasoning",
     9: "Text Understanding",
 }  # fmt: skip
-DIMENSION_COUNTS = {1: 3158, 2: 1831, 3: 4649, 4: 978, 5: 2447, 6: 657, 7: 97, 8: 331, 9: 85}
+DIMENSION_COUNTS = {"Scene Understanding": 3158, "Instance Identity": 1831, "Instance Attributes": 4649,
+                    "Instance Location": 978, "Instances Counting": 2447, "Spatial Relation": 657,
+                    "Instance Interaction": 97, "Visual Reasoning": 331, "Text Understanding": 85}  # fmt: skip
 CHOICE_KEYS = ("choice_a", "choice_b", "choice_c", "choice_d")
 CANDIDATES = letters(len(CHOICE_KEYS))  # "A" .. "D"
 OFFICIAL_JSON, OFFICIAL_IMAGES, WRITTEN_IMAGES = "SEED-Bench.json", "SEED-Bench-image", "images"
@@ -70,8 +80,14 @@ OFFICIAL_URL = "https://huggingface.co/datasets/AILab-CVC/SEED-Bench"
 IMAGE_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}
 
 
-def dimension_key(question_type_id: int) -> str:
-    name = DIMENSIONS.get(question_type_id, f"dimension-{question_type_id}")
+def dimension_name(question_type_id: int, names: Mapping[int, str] | None = None) -> str:
+    """A dimension's name: the raw file's own map first (`SEED-Bench.json`), else DIMENSIONS."""
+    if names and question_type_id in names:
+        return names[question_type_id]
+    return DIMENSIONS.get(question_type_id, f"dimension {question_type_id}")
+
+
+def dimension_key(name: str) -> str:
     return "accuracy__SEED-" + name.replace(" ", "-")
 
 
@@ -102,14 +118,16 @@ class SEEDBench(Benchmark):
                 )
             records = self._from_hub(parquet, raw_dir, data_root, log)
         self.check_count("image questions", len(records), SEED_IMAGE_QUESTIONS, log)
-        for type_id, expected in DIMENSION_COUNTS.items():
-            found = sum(r["question_type_id"] == type_id for r in records.values())
+        for name, expected in DIMENSION_COUNTS.items():
+            found = sum(r["dimension"] == name for r in records.values())
             if found != expected:
-                log(f"[prepare] WARNING seed-bench: {found} questions of dimension {type_id} ({DIMENSIONS[type_id]}), "
-                    f"the SEED-Bench paper lists {expected}.")  # fmt: skip
+                log(f"[prepare] WARNING seed-bench: {found} questions of dimension {name!r}, the SEED-Bench paper "
+                    f"lists {expected}.")  # fmt: skip
         return records
 
-    def _record(self, row: Mapping[str, Any], image: Path, data_root: Path) -> Record:
+    def _record(
+        self, row: Mapping[str, Any], image: Path, data_root: Path, names: Mapping[int, str] | None = None
+    ) -> Record:
         answer = str(row["answer"]).strip()
         if answer not in CANDIDATES:
             raise BenchmarkDataError(f"{self.title}: question {row['question_id']} has answer {row['answer']!r}, "
@@ -121,7 +139,7 @@ class SEEDBench(Benchmark):
             "choices": [str(row[key]) for key in CHOICE_KEYS],
             "answer": answer,
             "question_type_id": type_id,
-            "dimension": DIMENSIONS.get(type_id, f"dimension {type_id}"),
+            "dimension": dimension_name(type_id, names),
             "data_id": str(row.get("data_id") or ""),
             "img_path": relative_to_root(image, data_root),
         }
@@ -134,10 +152,13 @@ class SEEDBench(Benchmark):
     def _from_official(self, raw_dir: Path, data_root: Path) -> Records:
         payload = json.loads((raw_dir / OFFICIAL_JSON).read_text(encoding="utf-8"))
         rows = payload["questions"] if isinstance(payload, dict) else payload
+        type_map = payload.get("question_type") if isinstance(payload, dict) else None
+        names = {int(v): str(k) for k, v in type_map.items()} if isinstance(type_map, dict) else None
         records: Records = {}
         for row in rows:
             if row.get("data_type") == "image":
-                self._add(records, self._record(row, raw_dir / OFFICIAL_IMAGES / str(row["data_id"]), data_root))
+                image = raw_dir / OFFICIAL_IMAGES / str(row["data_id"])
+                self._add(records, self._record(row, image, data_root, names))
         return records
 
     def _from_hub(self, parquet: list[Path], raw_dir: Path, data_root: Path, log: Log) -> Records:
@@ -176,6 +197,7 @@ class SEEDBench(Benchmark):
         counts = {"SEED-image": len(records)}
         for type_id in sorted({int(r["question_type_id"]) for r in records.values()}):
             members = [qid for qid, r in records.items() if int(r["question_type_id"]) == type_id]
-            metrics[dimension_key(type_id)] = accuracy([correct[qid] for qid in members])
-            counts[DIMENSIONS.get(type_id, f"dimension {type_id}")] = len(members)
+            name = records[members[0]].get("dimension") or dimension_name(type_id)
+            metrics[dimension_key(name)] = accuracy([correct[qid] for qid in members])
+            counts[name] = len(members)
         return Scores(metrics, counts)

@@ -2,12 +2,12 @@
 two-object spatial multiple-choice questions ("Where is the dog located from camera's perspective?"), the paper's
 Table 2 / Table 3 "SpatialMM" columns 1-obj / 2-obj / Avg.
 
-Raw files (`<data_root>/spatial-mm-obj/download/`): `spatial_mm_one_obj.json` (502 items) and
-`spatial_mm_two_obj.json` (1,074 items) from GitHub FatemehShiri/Spatial-MM, folder `data/`, and the images in
-`images/<image_name>`, from the Google Drive folder the repository's README links (there is no other mirror). A raw
-item: {"image_name": "1b875201ff.jpg", "question": "Which direction is the elephant facing from camera's
-perspective?\\nA. left\\nB. right\\nC. bottom\\nD. front", "answer": "B. right", "object1": "elephant",
-"object2": ""}. Two- and four-option questions are mixed.
+Raw files (`<data_root>/spatial-mm-obj/download/`): `spatial_mm_one_obj.json` (502 items) and `spatial_mm_two_obj.json`
+(1,074 items) from GitHub FatemehShiri/Spatial-MM, folder `data/` (some revisions keep the one-object file at the
+repository root), and the images in `images/<image_name>`, from the Google Drive folder the repository's README links
+(there is no other mirror). A raw item: {"image_name": "1b875201ff.jpg", "question": "Which direction is elephant facing
+from camera's perspective?\\nA. left\\nB. right\\nC. bottom\\nD. front", "answer": "B. right", "object1":
+"elephant", "object2": ""}. Two- and four-option questions are mixed.
 
 Protocol (the wlm-eval fork's `spatial-mm-obj` is not public; this is vlm-evaluation's multiple-choice path, the most
 likely one): the options are inline in `question`, so it is split into the stem (the lines before the first "A. ..."

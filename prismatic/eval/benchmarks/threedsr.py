@@ -1,13 +1,14 @@
 """3DSRBench, 3D spatial reasoning, real split (`3dsr-full`: the MS-COCO-image rows of 3DSRBench v1, 2-4 options per
 question): the paper's Table 2 (H. / L. / O. / M. / Avg) and Table 3 ("3DSR").
 
-Raw files (`<data_root>/3dsrbench/download/`): `3dsrbench_v1-00000-of-00001.parquet` from the hub dataset
-ccvl/3DSRBench (columns `index, question, A, B, C, D, answer, category, image_source, image_url`; an optional `qid`
-column is used when present), and `images/<file name of image_url>` (the COCO-2017 images, e.g.
-`images/000000557944.jpg`: unzip the same repository's `coco_images.zip` so the files land there, or copy them from
-COCO train2017 / val2017). "Real" = `image_source == "MS-COCO"`; the other rows (HSSD renders) are not used. Only this
-parquet is supported, not the VLMEvalKit TSVs with base64 images (their circular rows are a different item set).
-Reading it needs pyarrow (`pip install -e .[eval]`). Licence CC-BY-4.0; the images carry COCO's terms.
+Raw files (`<data_root>/3dsrbench/download/`): `3dsrbench_v1-00000-of-00001.parquet` from the hub dataset ccvl/3DSRBench
+(columns `index, question, A, B, C, D, answer, category, image_source, image_url`; `index` is the question id, a string
+such as "VIN6MS3J"; absent options are null, e.g. C and D of a 2-option row; an optional `qid` column is used as the id
+when present), and `images/<file name of image_url>` (the COCO-2017 images, e.g. `images/000000557944.jpg`: unzip the
+same repository's `coco_images.zip` so the files land there, or copy them from COCO train2017 / val2017). "Real" =
+`image_source == "MS-COCO"`; the other rows (HSSD renders) are not used. Only this parquet is supported, not the
+VLMEvalKit TSVs with base64 images (their circular rows are a different item set). Reading it needs pyarrow (`pip
+install -e .[eval]`). Licence CC-BY-4.0; the images carry COCO's terms.
 
 Counts: the paper's cells imply per-row accuracy over 2,625 rows, H 350 / L 875 / O 525 / M 875 (DERIVED from its
 numbers, e.g. DyVA-7B Avg 1192/2625); `prepare` checks the real rows against them. If your file gives other counts it
