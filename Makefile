@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch/torchvision pinned to the builds pip resolves here (CUDA wheels that also run on CPU)
 	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(PY) -m pip install -q -e ".[dev,eval]"
+	$(PY) -m pip install -q -e ".[dev,eval,video]"
 	touch $(STAMP)
 
 venv: $(STAMP)

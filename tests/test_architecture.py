@@ -17,18 +17,23 @@ HEAVY = ("transformers", "diffusers", "timm")
 # Layer -> the prismatic layers it must never import (directly, at any place in a module, TYPE_CHECKING included).
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "prismatic.util": ("prismatic.models", "prismatic.conf", "prismatic.training", "prismatic.preprocessing",
-                       "prismatic.eval", "prismatic.demo", "prismatic.loader", "prismatic.assembly"),
+                       "prismatic.eval", "prismatic.demo", "prismatic.loader", "prismatic.assembly",
+                       "prismatic.world_model"),
     "prismatic.overwatch": ("prismatic.models", "prismatic.conf", "prismatic.training", "prismatic.preprocessing",
                             "prismatic.loader", "prismatic.assembly"),
     "prismatic.models": ("prismatic.conf", "prismatic.training", "prismatic.preprocessing", "prismatic.eval",
-                         "prismatic.demo", "prismatic.loader", "prismatic.assembly"),
+                         "prismatic.demo", "prismatic.loader", "prismatic.assembly", "prismatic.world_model"),
     "prismatic.preprocessing": ("prismatic.training", "prismatic.conf", "prismatic.eval", "prismatic.loader",
-                                "prismatic.assembly"),
-    "prismatic.training": ("prismatic.conf", "prismatic.eval", "prismatic.loader", "prismatic.assembly"),
+                                "prismatic.assembly", "prismatic.world_model"),
+    "prismatic.training": ("prismatic.conf", "prismatic.eval", "prismatic.loader", "prismatic.assembly",
+                           "prismatic.world_model"),
     "prismatic.eval": ("prismatic.training", "prismatic.conf", "prismatic.assembly"),
     "prismatic.demo": ("prismatic.models", "prismatic.training", "prismatic.preprocessing", "prismatic.conf",
                        "prismatic.eval", "prismatic.loader", "prismatic.assembly"),
     "prismatic.conf": ("prismatic.loader", "prismatic.assembly"),
+    # World-model training (the generative encoder's video model): data, objective; used by its script, not by the VLM.
+    "prismatic.world_model": ("prismatic.conf", "prismatic.eval", "prismatic.loader", "prismatic.assembly",
+                              "prismatic.demo"),
 }  # fmt: skip
 
 
