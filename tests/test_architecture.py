@@ -119,7 +119,7 @@ CHEAP = [
     ["-c", "import prismatic"],
     ["-c", "import prismatic.overwatch, prismatic.conf.pretrain"],
     *[[str(REPO / "scripts" / f"{script}.py"), "--help"]
-      for script in ("pretrain", "cache_features", "preprocess", "evaluate", "generate", "demo")],
+      for script in ("pretrain", "cache_features", "preprocess", "evaluate", "generate", "demo", "train_world_model")],
     [str(REPO / "infer.py"), "--help"],
 ]  # fmt: skip
 

@@ -24,7 +24,7 @@ frozen (eval mode, no gradients) unless `train_vae` / `train_image_encoder` are 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple, get_args
+from typing import NamedTuple, get_args
 
 import torch
 from torch import nn
@@ -32,9 +32,7 @@ from torch import nn
 from prismatic.models.backbones.vision.svd_components import SVDComponents
 from prismatic.models.backbones.vision.svd_unet import resize_with_antialiasing, to_signed_unit
 from prismatic.world_model.edm import EDMConfig, append_dims, denoised, edm_loss, preconditioning, sample_sigmas
-
-LatentChoice = Literal["sample", "mode"]
-CondAugChoice = Literal["log-normal", "fixed"]
+from prismatic.world_model.options import CondAugChoice, LatentChoice
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,157 @@
+"""The world model's training script end to end on a toy manifest (coloured squares moving one pixel per frame, PNG
+frames): metrics and per-sigma validation losses, the exported diffusers directory (loaded by the diffusers pipeline
+and by the VLM's SVD encoder), the samples, a bit-exact `--resume auto`, and 2-process FSDP against 1 process."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import REPO
+from PIL import Image
+
+from prismatic.training.metrics import read_metrics
+
+SCRIPT = REPO / "scripts" / "train_world_model.py"
+SIZE, FRAMES = 16, 3
+
+
+def script_module():
+    """scripts/train_world_model.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("train_world_model", SCRIPT)
+    if spec.name in sys.modules:
+        return sys.modules[spec.name]
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve the config's annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_toy_clips(root: Path, count: int = 12, length: int = 4) -> Path:
+    """`count` clips of a coloured square moving one pixel right per frame; returns the manifest."""
+    lines = []
+    for clip in range(count):
+        colour = (40 + 17 * clip % 200, 200 - 13 * clip % 180, 60 + 29 * clip % 190)
+        paths = []
+        for t in range(length):
+            image = Image.new("RGB", (SIZE, SIZE), (16, 16, 16))
+            x, y = 2 + (clip % 5) + t, 3 + clip % 6
+            image.paste(colour, (x, y, x + 5, y + 5))
+            path = root / f"clip{clip:02d}" / f"{t:02d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image.save(path)
+            paths.append(str(path.relative_to(root)))
+        lines.append(json.dumps({"id": f"clip{clip:02d}", "frames": paths, "fps": 8}))
+    manifest = root / "clips.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+def config(manifest: Path, run_root: Path, run_id: str, **overrides):
+    options = {"manifest": manifest, "svd_model_id": "tiny", "num_frames": FRAMES, "image_size": SIZE,
+               "val_fraction": 0.25, "max_steps": 4, "global_batch_size": 2, "per_device_batch_size": 2,
+               "learning_rate": 1e-3, "warmup_ratio": 0.25, "run_root_dir": run_root, "run_id": run_id, "seed": 3,
+               "save_interval": None, "val_every": 2, "val_sigma_bins": 3, "num_samples": 2, "sample_steps": 3,
+               **overrides}  # fmt: skip
+    return script_module().TrainWorldModelConfig(**options)
+
+
+def train(cfg) -> Path:
+    return script_module().train_world_model(cfg)
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_toy_clips(tmp_path_factory.mktemp("clips"))
+
+
+@pytest.fixture(scope="module")
+def full_run(manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train(config(manifest, tmp_path_factory.mktemp("runs"), "full"))
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [row["loss"] for row in read_metrics(run_dir / "metrics.jsonl")]
+
+
+def test_run_writes_metrics_validation_export_and_samples(full_run: Path) -> None:
+    rows = read_metrics(full_run / "metrics.jsonl")
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+    assert all(row["loss"] > 0 and row["grad_norm"] > 0 and row["samples_per_s"] > 0 for row in rows)
+    validated = [row for row in rows if "val/loss" in row]
+    assert [row["step"] for row in validated] == [2, 4]
+    bins = [key for key in validated[-1] if key.startswith("val/loss_sigma_")]
+    assert len(bins) == 3
+    assert validated[-1]["val/loss"] == pytest.approx(sum(validated[-1][k] for k in bins) / 3)
+    assert (full_run / "loss.png").is_file()
+
+    samples = full_run / "samples"
+    gifs = sorted(samples.glob("*.gif"))
+    assert len(gifs) == 2
+    with Image.open(gifs[0]) as gif:
+        assert gif.n_frames == FRAMES and gif.size == (SIZE, SIZE)
+    with Image.open(samples / "samples.png") as strip:
+        assert strip.size == (SIZE * (FRAMES + 1), SIZE * 2)  # conditioning frame + generated frames per row
+
+
+def test_export_loads_in_diffusers_and_as_the_vlm_encoder(full_run: Path) -> None:
+    from diffusers import StableVideoDiffusionPipeline
+
+    from prismatic.models.backbones.vision.svd import SVDGenerativeEncoder
+    from prismatic.models.backbones.vision.svd_components import build_tiny_svd_components
+    from prismatic.models.backbones.vision.svd_config import SVDEncoderConfig
+    from prismatic.preprocessing.feature_cache.identity import weights_digest
+
+    model_dir = full_run / "world_model"
+    pipeline = StableVideoDiffusionPipeline.from_pretrained(str(model_dir))
+    assert pipeline.vae.decoder is not None
+    initial = build_tiny_svd_components(3, SIZE).unet.state_dict()
+    trained = pipeline.unet.state_dict()
+    assert any(not torch.equal(initial[name], trained[name]) for name in initial)  # training changed the U-Net
+
+    encoder = SVDGenerativeEncoder.from_config("svd", SVDEncoderConfig(model_id=str(model_dir), image_size=SIZE, seed=3))
+    assert torch.equal(encoder.unet.state_dict()["conv_in.weight"], trained["conv_in.weight"])
+    # The feature cache keys streams by cache_description() (no model_id) + a weights digest: a fine-tuned directory
+    # never reuses the entries of the model it started from.
+    tiny = SVDGenerativeEncoder.from_config("svd", SVDEncoderConfig(model_id=None, image_size=SIZE, seed=3))
+    assert encoder.cache_description() == tiny.cache_description()
+    assert weights_digest(encoder) != weights_digest(tiny)
+
+
+def test_resume_auto_is_bit_exact(manifest: Path, full_run: Path, tmp_path: Path) -> None:
+    stopped = train(config(manifest, tmp_path, "split", stop_after_step=2, num_samples=0))
+    assert losses(stopped) == losses(full_run)[:2]
+    assert (stopped / "checkpoints" / "step-000002").is_dir() and not (stopped / "world_model").exists()
+    resumed = train(config(manifest, tmp_path, "split", resume="auto", num_samples=0))
+    assert losses(resumed) == losses(full_run)  # bit-exact, not approximately
+    rows, reference = read_metrics(resumed / "metrics.jsonl"), read_metrics(full_run / "metrics.jsonl")
+    assert rows[-1]["val/loss"] == reference[-1]["val/loss"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("strategy", "tolerance"), [("fsdp", 1e-5), ("ddp", 1e-6)])
+def test_two_processes_match_one(manifest: Path, tmp_path: Path, strategy: str, tolerance: float) -> None:
+    # 1 process x 2 micro-batches against 2 processes x 1: the same slots, so the same clips and noise per step.
+    # lr 1e-5: under FSDP2 the conv weight gradients differ from the unsharded ones by ~1e-5 relative (another
+    # kernel path on CPU, measured on 1 rank too), and Adam's first steps (~lr * sign(g)) turn that into loss
+    # differences proportional to lr: 3e-4 at step 3 with lr 1e-3, within 1e-5 at 1e-5. DDP matches bit-exactly here.
+    common = ["--manifest", str(manifest), "--svd_model_id", "tiny", "--num_frames", str(FRAMES), "--image_size",
+              str(SIZE), "--val_fraction", "0.25", "--max_steps", "3", "--global_batch_size", "2",
+              "--per_device_batch_size", "1", "--learning_rate", "1e-5", "--run_root_dir", str(tmp_path), "--seed", "3",
+              "--save_interval", "null", "--val_every", "3", "--num_samples", "0"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    single = [sys.executable, str(SCRIPT), *common, "--run_id", "one", "--strategy", "single"]
+    subprocess.run(single, check=True, env=env, cwd=REPO, timeout=300, capture_output=True)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(SCRIPT),
+                *common, "--run_id", "two", "--strategy", strategy]  # fmt: skip
+    subprocess.run(torchrun, check=True, env=env, cwd=REPO, timeout=300, capture_output=True)
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(one) == len(two) == 3
+    assert two == pytest.approx(one, abs=tolerance, rel=0)
+    val_one, val_two = (read_metrics(tmp_path / run / "metrics.jsonl")[-1]["val/loss"] for run in ("one", "two"))
+    assert val_two == pytest.approx(val_one, abs=tolerance, rel=0)
+    assert (tmp_path / "two" / "world_model" / "model_index.json").is_file()  # gathered from the shards under FSDP
