@@ -13,18 +13,23 @@ Schedules (a multiplier of each group's base learning rate, as a function of the
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
+from torch.distributed.tensor import DTensor
 from torch.optim.lr_scheduler import LambdaLR
 
+from prismatic.overwatch import initialize_overwatch
 from prismatic.training.options import LRSchedulerType
 
 if TYPE_CHECKING:
     from prismatic.models.vlms.prismatic import PrismaticVLM
+
+overwatch = initialize_overwatch(__name__)
 
 UNET_LR_SCALE = 0.2
 
@@ -105,3 +110,29 @@ def build_scheduler(
         num_warmup_steps=warmup_steps(total_steps, warmup_ratio),
     )
     return LambdaLR(optimizer, lr_lambda=multiplier)
+
+
+def clip_grad_norm_global(params: Iterable[nn.Parameter], max_norm: float) -> float:
+    """Global L2 norm over the gradients of `params` (across shards for FSDP), then clip to `max_norm` (0 = off)."""
+    params = [p for p in params if p.requires_grad and p.grad is not None]
+    if not params:
+        return 0.0
+    total = torch.nn.utils.get_total_norm([p.grad for p in params], norm_type=2.0)
+    if isinstance(total, DTensor):
+        total = total.full_tensor()  # sharded gradients: reduce the partial norms across ranks
+    if max_norm > 0 and torch.isfinite(total):
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return float(total)
+
+
+def step_unless_non_finite(optimizer: torch.optim.Optimizer, scheduler: LambdaLR, grad_norm: float) -> bool:
+    """Optimizer step unless the gradient norm is not finite (then the step is skipped, with a warning); the schedule
+    advances either way and the gradients are cleared. Returns whether the step was skipped."""
+    skipped = not math.isfinite(grad_norm)
+    if skipped:
+        overwatch.warning(f"Non-finite gradient norm ({grad_norm}); skipping this optimizer step.")
+    else:
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return skipped

@@ -25,9 +25,9 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
+from prismatic.training.optimizer import clip_grad_norm_global
 from prismatic.training.options import HALF_DTYPE
 from prismatic.util.distributed import DistributedContext
 from prismatic.world_model.options import WorldModelStrategy
@@ -74,15 +74,7 @@ class ParallelObjective:
 
     def clip_grad_norm(self, max_norm: float) -> float:
         """Global L2 norm of the trainable gradients (across shards under FSDP), then clip to `max_norm` (0 = off)."""
-        params = [p for p in self.trainable_parameters() if p.grad is not None]
-        if not params:
-            return 0.0
-        total = torch.nn.utils.get_total_norm([p.grad for p in params], norm_type=2.0)
-        if isinstance(total, DTensor):
-            total = total.full_tensor()  # sharded gradients: reduce the partial norms across ranks
-        if max_norm > 0 and torch.isfinite(total):
-            torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
-        return float(total)
+        return clip_grad_norm_global(self.trainable_parameters(), max_norm)
 
     def full_unet_state(self) -> dict[str, torch.Tensor]:
         """Collective: the U-Net's weights, unsharded, on the CPU (rank 0 gets them, the others an empty dict)."""

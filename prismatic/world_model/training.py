@@ -12,7 +12,6 @@ early stop) make `--resume auto` continue bit-exactly on CPU.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from prismatic.overwatch import initialize_overwatch
 from prismatic.training.metrics import MetricsLogger
+from prismatic.training.optimizer import step_unless_non_finite
 from prismatic.training.strategies.base import StepResult
 from prismatic.util.distributed import DistributedContext
 from prismatic.world_model.batches import BatchLayout, ClipsWithFps, SlotBatchSampler, collate_clips, steps_per_epoch
@@ -129,13 +129,7 @@ class WorldModelTrainer:
         global_loss = float(self.ctx.all_reduce_sum(loss_sum)) / self.layout.global_batch_size
         lr = float(self.optimizer.param_groups[0]["lr"])
         grad_norm = parallel.clip_grad_norm(self.options.max_grad_norm)
-        skipped = not math.isfinite(grad_norm)
-        if skipped:
-            overwatch.warning(f"Non-finite gradient norm ({grad_norm}); skipping this optimizer step.")
-        else:
-            self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        skipped = step_unless_non_finite(self.optimizer, self.scheduler, grad_norm)
         return StepResult(global_loss, grad_norm, lr, 0, 0, self.layout.global_batch_size, skipped)
 
     def _wants_validation(self, step: int) -> bool:

@@ -13,7 +13,6 @@ compute in mixed precision (`autocast`) and how to defer gradient synchronisatio
 from __future__ import annotations
 
 import contextlib
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,11 +21,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.distributed.tensor import DTensor
 
 from prismatic.overwatch import initialize_overwatch
 from prismatic.training.batching import count_batch, label_targets, spliced_labels
-from prismatic.training.optimizer import build_optimizer, build_scheduler
+from prismatic.training.optimizer import (
+    build_optimizer,
+    build_scheduler,
+    clip_grad_norm_global,
+    step_unless_non_finite,
+)
 from prismatic.training.options import HALF_DTYPE, Precision, StageOptimization
 from prismatic.util.distributed import DistributedContext
 
@@ -165,23 +168,9 @@ class TrainingStrategy(ABC):
 
         lr = float(self.optimizer.param_groups[0]["lr"])
         grad_norm = self.clip_grad_norm(self.optimization.max_grad_norm)
-        skipped = not math.isfinite(grad_norm)
-        if skipped:
-            overwatch.warning(f"Non-finite gradient norm ({grad_norm}); skipping this optimizer step.")
-        else:
-            self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        skipped = step_unless_non_finite(self.optimizer, self.scheduler, grad_norm)
         return StepResult(global_loss, grad_norm, lr, global_label_tokens, int(totals[1]), int(totals[2]), skipped)
 
     def clip_grad_norm(self, max_norm: float) -> float:
         """Global L2 norm over all trainable gradients (across shards for FSDP), then clip to `max_norm` (0 = off)."""
-        params = [p for p in self.model.parameters() if p.requires_grad and p.grad is not None]
-        if not params:
-            return 0.0
-        total = torch.nn.utils.get_total_norm([p.grad for p in params], norm_type=2.0)
-        if isinstance(total, DTensor):
-            total = total.full_tensor()  # sharded gradients: reduce the partial norms across ranks
-        if max_norm > 0 and torch.isfinite(total):
-            torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
-        return float(total)
+        return clip_grad_norm_global(self.model.parameters(), max_norm)
