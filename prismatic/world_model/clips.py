@@ -358,10 +358,8 @@ class ClipDataset(Dataset[ClipItem]):
         dropped = apply_clip_policy(self.preflight_report, self.on_bad_clip)
         self.clips = [clip for clip in clips if clip.index not in dropped]
         if not self.clips:
-            hint = (" The validation split holds the clips whose id hash falls below val_fraction: raise it (or, in "
-                    "scripts/train_world_model.py, turn validation and samples off: --val_every null --num_samples 0)."
-                    if split == "val" else " See the preflight report above.")  # fmt: skip
-            raise DatasetError(f"No usable clips left in {manifest} (split {split!r}).{hint}")
+            what = "raise val_fraction, the share of clips held out by id hash" if split == "val" else "see the report"
+            raise DatasetError(f"No usable clips left in {manifest} (split {split!r}): {what}.")
         self.substitutions: Counter[str] = Counter()
 
     def __len__(self) -> int:
