@@ -1,6 +1,8 @@
 # Set-up-and-run commands for a newcomer on a fresh machine; each creates and fills its own virtualenv.
-#   make demo   -> the main job: a tiny DyVA and a SigLIP-only baseline trained on the embedded dynamics world on CPU
-#                  (~13 min on 2 cores after set-up; results in runs/demo/); DEMO_FLAGS="--steps 400" for a quick look
+#   make demo   -> the main job: a tiny world model pretrained on unlabelled clips of a falling world, then three tiny
+#                  VLMs (DyVA with it, DyVA with a random SVD, SigLIP only) on the same small labelled set, scored on
+#                  held-out questions about the future (~20 min on 2 cores after set-up; results in runs/demo/);
+#                  DEMO_FLAGS="--study" for the hour-long study over seeds and labelled-set sizes (docs/demo.md)
 #   make test   -> lint + the whole test suite on CPU (~10 min on 2 cores after set-up; 11.7 min from a fresh clone)
 #   make bench  -> the benchmark suite against HF/released peers (~18 min on 2 CPU cores; results and goals in
 #                  benchmarks/results/, see benchmarks/README.md); BENCH_FLAGS="--smoke" for a seconds-long check

@@ -28,7 +28,13 @@ import torch
 from safetensors.torch import load_file
 
 from prismatic.assembly import build_vlm
-from prismatic.conf.models import DEFAULT_MODEL_TYPE, MODEL_CONFIGS, ModelConfig, get_model_config
+from prismatic.conf.models import (
+    DEFAULT_MODEL_TYPE,
+    MODEL_CONFIGS,
+    ModelConfig,
+    check_tiny_svd_directory,
+    get_model_config,
+)
 from prismatic.models.backbones.vision.registry import VISION_BACKBONES, resolve_vision_backbone_id
 from prismatic.models.projectors import strip_compiled_prefix
 from prismatic.models.stages import Stage, parse_stage
@@ -99,22 +105,24 @@ class WeightSources:
                     f"vision_pretrained_path is for the static (timm) encoder, and {backbone!r} has none; drop it."
                 )
             model_cfg.vision_pretrained_path = str(_existing_dir("vision_pretrained_path", self.vision_pretrained_path))
-        if self.svd_model_id is not None or self.svd_variant is not None:
-            if spec.generative is None:
-                raise ValueError(f"svd_model_id / svd_variant configure the SVD stream, and {backbone!r} has none.")
-            if spec.tiny:
-                raise ValueError(
-                    f"{backbone!r} builds tiny random SVD components and reads no SVD checkpoint: drop svd_model_id / "
-                    "svd_variant."
-                )
+        if (self.svd_model_id is not None or self.svd_variant is not None) and spec.generative is None:
+            raise ValueError(f"svd_model_id / svd_variant configure the SVD stream, and {backbone!r} has none.")
         if self.svd_model_id is not None:
-            model_cfg.svd_model_id = str(self.svd_model_id)
+            # Tiny backbones read a local tiny world model directory only (never the hub): say so before building.
+            model_id = check_tiny_svd_directory(self.svd_model_id, backbone) if spec.tiny else self.svd_model_id
+            model_cfg.svd_model_id = str(model_id)
         if self.svd_variant is not None:
+            if spec.tiny and model_cfg.tiny_svd_directory() is None:
+                raise ValueError(
+                    f"{backbone!r} builds tiny random SVD components here and reads no SVD files: drop svd_variant, "
+                    "or pass svd_model_id (a tiny world model directory exported by scripts/train_world_model.py)."
+                )
             model_cfg.svd_variant = self.svd_variant or None  # "": the un-suffixed (full-precision) files
         if self.llm_pretrained_path is not None:
             model_cfg.llm_pretrained_path = str(_existing_dir("llm_pretrained_path", self.llm_pretrained_path))
-        if spec.generative is not None and not spec.tiny:
-            _check_svd_variant_files(model_cfg.svd_model_id, model_cfg.svd_variant)
+        if spec.generative is not None:
+            model_id = model_cfg.tiny_svd_directory() if spec.tiny else model_cfg.svd_model_id
+            _check_svd_variant_files(model_id, model_cfg.svd_variant)
 
 
 def _existing_dir(name: str, path: str | Path) -> Path:
@@ -154,13 +162,15 @@ def load(
     - `vision_pretrained_path`: the static encoder, a directory written by `timm.models.save_for_hf(model, dir,
       safe_serialization=True)` (DINO+SigLIP backbones: one with `dino/` and `siglip/` such directories);
     - `svd_model_id`: SVD, a hub id or a local directory in the diffusers layout (`vae/`, `unet/`, `image_encoder/`,
-      `feature_extractor/`, `scheduler/`);
+      `feature_extractor/`, `scheduler/`); for tiny backbones, only a local tiny world model directory (what
+      `scripts/train_world_model.py --svd_model_id tiny` exports as `<run_dir>/world_model/`);
     - `svd_variant`: its weight-file variant. Released models default to "fp16" (what the released code read), our
       runs to the one they recorded; "" reads the un-suffixed (full-precision) files;
     - `llm_pretrained_path`: a local copy of the base LLM (config and tokenizer; its weights are used only by an
       align-stage export, whose checkpoint holds the projector alone).
-    A source the model has no use for (an SVD source for a model without an SVD stream or with tiny random encoders,
-    a static-encoder path for a model without one, an empty string) raises a ValueError.
+    A source the model has no use for (an SVD source for a model without an SVD stream, an SVD variant for tiny
+    random SVD components, a static-encoder path for a model without one, an empty string) raises a ValueError; a
+    tiny backbone's `svd_model_id` that is not a local world model directory, a FileNotFoundError.
     """
     sources = WeightSources(vision_pretrained_path, svd_model_id, svd_variant, llm_pretrained_path)
     path = Path(model_id_or_path)

@@ -16,12 +16,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from prismatic.demo import ANSWERS, MOTION_TYPES, QUESTION_TYPES, SINGLE_TYPES, build_demo_dataset, chance_level
+from prismatic.demo import (
+    ANSWERS,
+    FUTURE_ANSWERS,
+    FUTURE_TYPES,
+    MOTION_TYPES,
+    QUESTION_TYPES,
+    SINGLE_TYPES,
+    build_demo_dataset,
+    chance_level,
+)
 from prismatic.demo.dataset import read_manifest
 from prismatic.demo.questions import QUESTION_TEXT, make_question
 from prismatic.demo.world import BACKGROUND, GRID, RGB, geometry
-from prismatic.eval.benchmark import Prediction
-from prismatic.eval.benchmarks.demo_world import DemoWorld, normalize_answer, type_key
+from prismatic.eval.benchmark import BenchmarkDataError, Prediction
+from prismatic.eval.benchmarks import demo_world
+from prismatic.eval.benchmarks.demo_world import DemoWorld, DemoWorldVal, normalize_answer, type_key
+from prismatic.eval.registry import BENCHMARKS, PAPER_BENCHMARKS, get_benchmark
 from prismatic.eval.results import benchmark_table
 
 SIZES = {"num_train_scenes": 240, "num_train_clips": 180, "num_eval_scenes": 80, "num_eval_clips": 60}
@@ -297,3 +308,125 @@ def test_demo_world_benchmark_scores_by_question_type(demo, tmp_path: Path) -> N
     assert scores.counts["count"] == n_count and metrics["chance__DemoWorld-top-color"] == pytest.approx(20.0)
     table = benchmark_table(family, metrics, "fake", "fake")
     assert "| Model | count | top-color |" in table and "| fake (ours) | 0.00 | 100.00 |" in table
+    # A build of the first demo world has no future split: exactly the keys it always had, nothing about the future.
+    types = (*SINGLE_TYPES, *MOTION_TYPES)
+    expected_keys = {type_key(t) for t in types} | {f"chance__DemoWorld-{t}" for t in types}
+    assert set(metrics) == expected_keys | {"accuracy__DemoWorld-single-mean", "accuracy__DemoWorld-motion-mean"}
+    assert set(scores.counts) == set(types)
+
+
+# === Three question groups (single, future, motion) and the validation twin, on hand-made records ===
+GROUP_TYPES = {"single": SINGLE_TYPES, "future": FUTURE_TYPES, "motion": MOTION_TYPES}
+
+
+def _answers(question_type: str) -> tuple[str, ...]:
+    return FUTURE_ANSWERS[question_type] if question_type in FUTURE_ANSWERS else ANSWERS[question_type]
+
+
+def write_split(root: Path, split: str, per_type: int = 2) -> list[dict[str, Any]]:
+    """`per_type` LLaVA records per question type of the split's group (clips of 2 frames for motion), tiny PNGs."""
+    group = split.rsplit("-", 1)[-1]
+    (root / "images" / split).mkdir(parents=True, exist_ok=True)
+    rows = []
+    for question_type in GROUP_TYPES[group]:
+        for i in range(per_type):
+            index = len(rows)
+            frames = [f"images/{split}/s{index:06d}-{t}.png" for t in range(2 if group == "motion" else 1)]
+            for t, frame in enumerate(frames):
+                Image.new("RGB", (8, 8), (40 * t, 10 * index, 90)).save(root / frame)
+            answer = _answers(question_type)[i % len(_answers(question_type))]
+            turns = [{"from": "human", "value": f"<image>\nWhat about {question_type}? Answer with one word."},
+                     {"from": "gpt", "value": answer}]  # fmt: skip
+            rows.append({"id": f"{split}-{index}", "image": frames if group == "motion" else frames[0],
+                         "conversations": turns, "question_type": question_type, "scene": {"index": index}})  # fmt: skip
+    (root / f"{split}.json").write_text(json.dumps(rows))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def world_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data root of the rebuilt demo: eval-{single,future,motion}.json and val-{single,future,motion}.json."""
+    root = tmp_path_factory.mktemp("world-data")
+    for prefix in ("eval", "val"):
+        for group in GROUP_TYPES:
+            write_split(root, f"{prefix}-{group}", per_type=2 if prefix == "eval" else 1)
+    return root
+
+
+def _predict(records: dict[str, dict[str, Any]], wrong: tuple[str, ...]) -> dict[str, Prediction]:
+    """Every answer right (written differently), except those of the `wrong` question types."""
+    return {q: Prediction(q, "maybe" if r["question_type"] in wrong else f"The {r['answer'].upper()}!")
+            for q, r in records.items()}  # fmt: skip
+
+
+def test_demo_world_reads_the_future_split_and_reports_its_mean(world_root: Path, tmp_path: Path) -> None:
+    family = DemoWorld()
+    family.prepare(tmp_path / "eval-data", raw_dir=world_root, log=lambda _: None)
+    metadata = family.load_records(tmp_path / "eval-data")
+    expected = [r["id"] for group in GROUP_TYPES for r in records(world_root / f"eval-{group}.json")]
+    assert list(metadata) == expected  # single, future, motion: every eval record, no validation one
+    future = records(world_root / "eval-future.json")[0]
+    assert metadata[future["id"]]["img_paths"] == [str((world_root / future["image"]).resolve())]
+    assert metadata[future["id"]]["split"] == "eval-future"
+
+    scores = family.score(metadata, _predict(metadata, wrong=("red-stop", "met")))
+    metrics = scores.metrics
+    assert metrics[type_key("floor-count")] == 100.0 and metrics[type_key("red-stop")] == 0.0
+    assert metrics["accuracy__DemoWorld-future-mean"] == pytest.approx(50.0)
+    assert metrics["accuracy__DemoWorld-single-mean"] == pytest.approx(100.0)
+    assert metrics["accuracy__DemoWorld-motion-mean"] == pytest.approx(100 * 2 / 3)
+    assert metrics["chance__DemoWorld-red-stop"] == pytest.approx(100 * chance_level("red-stop"))
+    assert scores.counts == {t: 2 for types in GROUP_TYPES.values() for t in types}
+    columns = dict(family.columns)
+    assert {"floor-count", "red-stop", "future mean"} <= set(columns)
+    assert columns["future mean"] == "accuracy__DemoWorld-future-mean"
+    assert [label for label, _ in family.columns][-1] == "motion mean"
+    table = benchmark_table(family, metrics, "fake", "fake")
+    assert "| floor-count | red-stop | future mean |" in table
+
+
+def test_the_validation_twin_reads_the_val_splits_with_the_same_keys(world_root: Path, tmp_path: Path) -> None:
+    held_out, validation = DemoWorld(), DemoWorldVal()
+    assert get_benchmark("demo-world-val").name == validation.name == "demo-world-val"
+    assert BENCHMARKS["demo-world-val"] is DemoWorldVal and "demo-world-val" not in PAPER_BENCHMARKS
+    assert validation.directory != held_out.directory and validation.dataset_id != held_out.dataset_id
+    assert validation.columns == held_out.columns
+    for family in (held_out, validation):
+        family.prepare(tmp_path, raw_dir=world_root, log=lambda _: None)
+    eval_records, val_records = held_out.load_records(tmp_path), validation.load_records(tmp_path)
+    assert list(val_records) == [r["id"] for g in GROUP_TYPES for r in records(world_root / f"val-{g}.json")]
+    assert not set(val_records) & set(eval_records)
+    assert {r["split"] for r in val_records.values()} == {"val-single", "val-future", "val-motion"}
+    eval_scores = held_out.score(eval_records, _predict(eval_records, wrong=("count",)))
+    val_scores = validation.score(val_records, _predict(val_records, wrong=("count",)))
+    assert set(val_scores.metrics) == set(eval_scores.metrics)
+    assert val_scores.metrics == pytest.approx(eval_scores.metrics)  # the same right and wrong types
+    assert val_scores.counts == {t: 1 for types in GROUP_TYPES.values() for t in types}
+
+
+def test_a_raw_dir_without_some_splits_scores_those_it_has(world_root: Path, tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "images").symlink_to(world_root / "images")
+    for split in ("eval-single", "eval-future"):
+        (raw / f"{split}.json").write_bytes((world_root / f"{split}.json").read_bytes())
+    logged: list[str] = []
+    family = DemoWorld()
+    family.prepare(tmp_path / "eval-data", raw_dir=raw, log=logged.append)
+    assert any("no eval-motion.json" in line for line in logged)
+    metadata = family.load_records(tmp_path / "eval-data")
+    metrics = family.score(metadata, _predict(metadata, ())).metrics
+    assert "accuracy__DemoWorld-future-mean" in metrics and "accuracy__DemoWorld-motion-mean" not in metrics
+
+
+def test_a_raw_dir_without_any_split_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Both benchmarks generate the falling world there first; a generator that writes nothing: an error.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    generated: list[Path] = []
+    monkeypatch.setattr(demo_world, "build_world_dataset", lambda root, **sizes: generated.append(root))
+    with pytest.raises(BenchmarkDataError, match=r"none of \['val-single.json', 'val-future.json'"):
+        DemoWorldVal().prepare(tmp_path / "eval-data", raw_dir=empty, log=lambda _: None)
+    with pytest.raises(BenchmarkDataError, match=r"none of \['eval-single.json', 'eval-future.json'"):
+        DemoWorld().prepare(tmp_path / "eval-data", raw_dir=empty, log=lambda _: None)
+    assert generated == [empty, empty]

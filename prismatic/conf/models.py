@@ -8,12 +8,17 @@ Fields follow prismatic-vlms: identity (`model_id`, backbones, `arch_specifier`,
 encoder's options (`svd_*`, mapped onto `SVDEncoderConfig` by `svd_encoder_config()`), and one set of optimisation
 fields per stage (`align_*` for the projector-only align stage, `finetune_*` for every other stage).
 `validate()` checks every value before anything is built, naming the field and its valid values.
+
+Tiny backbones (`tiny-*`, CPU-sized) run their SVD stream at 64 px: on seeded random components by default, or on the
+tiny world model a local directory holds (`--model.svd_model_id <run_dir>/world_model`, as exported by
+`scripts/train_world_model.py --svd_model_id tiny`). They never download a hub checkpoint.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, make_dataclass, replace
+from pathlib import Path
 from typing import get_args
 
 import draccus
@@ -72,7 +77,9 @@ class ModelConfig(ChoiceRegistry):
     llm_pretrained_path: str | None = None
 
     # === Generative (SVD) encoder; ignored by backbones without an SVD stream ===
-    svd_model_id: str | None = DEFAULT_SVD_MODEL_ID  # hub id or local diffusers dir; tiny backbones: random
+    # Hub id or local diffusers dir. Tiny backbones: None (seeded random components) or a local tiny world model
+    # directory (scripts/train_world_model.py's <run_dir>/world_model).
+    svd_model_id: str | None = DEFAULT_SVD_MODEL_ID
     svd_variant: str | None = None  # diffusers weight variant, e.g. "fp16"
     svd_mode: SVDMode = "release"  # "release" (what the released checkpoints saw) or "paper" (the paper's equations)
     svd_num_frames: int = 8  # T frame slots; `--num_frames` on the pretrain config overrides it
@@ -136,10 +143,17 @@ class ModelConfig(ChoiceRegistry):
         return Stage(self.finetune_stage) if stage is Stage.FINETUNE else stage
 
     def svd_encoder_config(self, num_frames: int | None = None) -> SVDEncoderConfig:
-        """The generative encoder's config. Tiny backbones use random components at 64 px whatever `svd_model_id`
-        says (there is no tiny checkpoint); `num_frames` (when given) overrides `svd_num_frames`."""
-        if VISION_BACKBONES[resolve_vision_backbone_id(self.vision_backbone_id)].tiny:
-            base = TINY_SVD_CONFIG
+        """The generative encoder's config; `num_frames` (when given) overrides `svd_num_frames`.
+
+        Tiny backbones run at 64 px (`TINY_SVD_CONFIG`) on the tiny world model in the directory `svd_model_id` names,
+        or on seeded random components when it names none (see `tiny_svd_directory`)."""
+        spec = VISION_BACKBONES[resolve_vision_backbone_id(self.vision_backbone_id)]
+        if spec.tiny:
+            directory = self.tiny_svd_directory() if spec.generative is not None else None
+            # Without a directory the variant names no files: leave it out, so the random encoder (and its feature
+            # cache fingerprint) stays what it always was.
+            variant = self.svd_variant if directory is not None else None
+            base = replace(TINY_SVD_CONFIG, model_id=directory, variant=variant)
         else:
             base = SVDEncoderConfig(model_id=self.svd_model_id, variant=self.svd_variant)
         return replace(
@@ -153,7 +167,8 @@ class ModelConfig(ChoiceRegistry):
         )
 
     def validate(self) -> None:
-        """Raise a ValueError naming the first invalid field (as `--model.<field>`) and its valid values."""
+        """Raise a ValueError naming the first invalid field (as `--model.<field>`) and its valid values (a
+        FileNotFoundError for a tiny backbone's `svd_model_id` that is not a world model directory)."""
         _check_choice("vision_backbone_id", self.vision_backbone_id, [*VISION_BACKBONES, *VISION_BACKBONE_ALIASES])
         _check_choice("llm_backbone_id", self.llm_backbone_id, list(LLM_BACKBONES))
         _check_choice("image_resize_strategy", self.image_resize_strategy, list(IMAGE_RESIZE_STRATEGIES))
@@ -161,6 +176,7 @@ class ModelConfig(ChoiceRegistry):
         _check_choice("svd_mode", self.svd_mode, list(get_args(SVDMode)))
         _check_choice("svd_tap", self.svd_tap, list(get_args(FeatureTap)))
         _check_choice("encoder_batching", self.encoder_batching, list(ENCODER_BATCHINGS))
+        self._validate_tiny_svd()
         if self.svd_placement is not None:
             _check_choice("svd_placement", self.svd_placement, list(get_args(KeyframePlacement)))
         try:
@@ -175,6 +191,26 @@ class ModelConfig(ChoiceRegistry):
             )
         for stage in (Stage.ALIGN, Stage.FINETUNE):
             self._validate_optimization(stage)
+
+    def tiny_svd_directory(self) -> str | None:
+        """A tiny backbone's SVD source: the local world model directory `svd_model_id` names, or None for seeded
+        random components. The hub default that full-size model types carry (e.g. `--model.type dyva_siglip` with a
+        tiny backbone swapped in) also means random components, as it always did; any other value must be a directory
+        (a FileNotFoundError says what to pass)."""
+        if self.svd_model_id is None or self.svd_model_id == DEFAULT_SVD_MODEL_ID:
+            return None
+        return str(check_tiny_svd_directory(self.svd_model_id, self.vision_backbone_id))
+
+    def _validate_tiny_svd(self) -> None:
+        spec = VISION_BACKBONES[resolve_vision_backbone_id(self.vision_backbone_id)]
+        if not spec.tiny or spec.generative is None:
+            return  # full-size backbones read any hub id; without an SVD stream the svd_* fields are unused
+        if self.tiny_svd_directory() is None and self.svd_variant is not None:
+            raise ValueError(
+                f"--model.svd_variant={self.svd_variant!r} names weight files of an SVD directory, but "
+                f"{self.vision_backbone_id!r} builds tiny random SVD components and reads none: drop it, or pass "
+                "--model.svd_model_id DIR (a tiny world model exported by scripts/train_world_model.py)."
+            )
 
     def _validate_optimization(self, stage: Stage) -> None:
         opt = self.optimization(stage)
@@ -196,6 +232,21 @@ class ModelConfig(ChoiceRegistry):
                 raise ValueError(f"--model.{stage}_{name} must be >= 0, got {getattr(opt, name)}.")
         if not 0 <= opt.warmup_ratio < 1:
             raise ValueError(f"--model.{stage}_warmup_ratio must lie in [0, 1), got {opt.warmup_ratio}.")
+
+
+def check_tiny_svd_directory(path: str | Path, vision_backbone_id: str) -> Path:
+    """The tiny world model directory a tiny backbone reads its SVD from; a FileNotFoundError saying what to pass when
+    `path` is not one (tiny backbones never download: the hub SVD is 448/576 px and far too large for them)."""
+    directory = Path(path)
+    if not (directory / "unet").is_dir():
+        problem = "has no unet/ folder" if directory.is_dir() else "is not a local directory"
+        raise FileNotFoundError(
+            f"svd_model_id={str(path)!r} {problem}. The tiny backbone {vision_backbone_id!r} reads its SVD only from "
+            "a local diffusers directory exported by scripts/train_world_model.py (`--svd_model_id tiny` writes "
+            "<run_dir>/world_model/, 64 px tiny components); it cannot download a hub checkpoint (the hub SVD is "
+            "448/576 px and far too large). Pass that directory, or None / null for seeded random components."
+        )
+    return directory
 
 
 def _check_choice(name: str, value: object, valid: list[str]) -> None:

@@ -1,6 +1,7 @@
 """The embedded demo data: a small seeded world of coloured shapes on a 4 x 4 board, single images and 2-4 frame clips,
 with one-word questions (count, colour of the top object, left-of; direction of motion, which object moved, whether
-two objects met), written as LLaVA-format splits. docs/demo.md says how it is built and why.
+two objects met), written as LLaVA-format splits (the earlier demo, docs/demo-random-encoder.md); and the falling
+world of the world-model study (`physics`, `future`, `world_data`; docs/demo.md).
 
     from prismatic.demo import build_demo_dataset
     paths = build_demo_dataset()          # generated once into ~/.cache/dyva-worldlm/demo (or $DYVA_CACHE/demo)
@@ -15,6 +16,7 @@ from prismatic.demo.dataset import (
     build_demo_dataset,
     default_cache_dir,
 )
+from prismatic.demo.future import FUTURE_ANSWERS, FUTURE_TYPES, FutureQuestionType, chance_level
 from prismatic.demo.questions import (
     ANSWERS,
     MOTION_TYPES,
@@ -22,7 +24,6 @@ from prismatic.demo.questions import (
     SINGLE_TYPES,
     Question,
     QuestionType,
-    chance_level,
 )
 from prismatic.demo.world import Clip, ClipObject, Scene, WorldObject, render, scene_from_json
 
@@ -30,6 +31,8 @@ __all__ = [
     "ANSWERS",
     "DEMO_SPLITS",
     "DEMO_WORLD_SIZES",
+    "FUTURE_ANSWERS",
+    "FUTURE_TYPES",
     "MOTION_TYPES",
     "QUESTION_TYPES",
     "SINGLE_TYPES",
@@ -37,6 +40,7 @@ __all__ = [
     "ClipObject",
     "DemoPaths",
     "DemoSplit",
+    "FutureQuestionType",
     "Question",
     "QuestionType",
     "Scene",

@@ -14,7 +14,7 @@ Every question type has ONE fixed wording and a one-word answer from a small clo
 Fixed wordings are a choice for the CPU demo: each type then asks one visual query whatever the sample, which a
 2-layer LLM trained from scratch learns in a few thousand steps. With templated variants ("the top / bottom /
 leftmost / rightmost object") it first has to route the variable word into that query, and in our measurements
-stayed near chance on such questions for as long as the demo can train (see docs/demo.md).
+stayed near chance on such questions for as long as the demo can train (see docs/demo-random-encoder.md).
 
 The dataset builder fixes the answer first (a balanced deck per type) and asks a generator here for a random scene
 with that answer, so answers are uniform per type. Each generator re-derives the answer from the finished description

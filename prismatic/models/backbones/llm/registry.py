@@ -151,7 +151,7 @@ LLM_BACKBONES: dict[str, LLMSpec] = {
     **_qwen25_specs(),
     # === Tiny twins: 2 layers, width 128, 8 heads of 16, real vocabularies (packaged), seeded random weights ===
     # (Sized for the CPU demo, trained from scratch on six question types: at width 64 with 4 heads the motion
-    # questions stayed at chance for as long as the demo trains; see docs/demo.md.)
+    # questions stayed at chance for as long as the demo trains; see docs/demo-random-encoder.md.)
     "tiny-llama2": LLMSpec(None, "llama2", "base", partial(llama2_config, 128, 256, 2, 8), tiny=True),
     "tiny-qwen25": LLMSpec(
         None, "qwen25", "qwen-chat", partial(qwen25_config, 128, 256, 2, 8, 2, True, True), tiny=True
