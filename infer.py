@@ -6,7 +6,8 @@
 `--model` is a run directory written by scripts/pretrain.py or a released model id (`dyva_siglip+7b`,
 `dyva_siglip_qwen+7b`; needs the hub or its cache). Several `--image` paths are frames: the SVD stream sees all of them
 in its keyframe slots, the static encoder sees the first. Without the hub, `--vision_pretrained_path`, `--svd_model_id`
-(`--svd_variant`) and `--llm_pretrained_path` point at local copies of SigLIP, SVD and the base LLM (`prismatic.load`).
+(`--svd_variant`) and `--llm_pretrained_path` point at local copies of SigLIP, SVD and the base LLM (`prismatic.load`);
+`--video_model_id` / `--video_prompt_embeds` at a zoo video model's pipeline directory and empty-prompt file.
 """
 
 import argparse
@@ -40,10 +41,13 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--svd_model_id", help="SVD hub id or local diffusers directory")
     parser.add_argument("--svd_variant", help='SVD weight variant (released models: "fp16"; "" = full precision)')
     parser.add_argument("--llm_pretrained_path", help="local copy of the base LLM (config and tokenizer)")
+    parser.add_argument("--video_model_id", help="a zoo video model's hub id or local diffusers pipeline directory")
+    parser.add_argument("--video_prompt_embeds", help="its empty-prompt file (scripts/encode_empty_prompt.py)")
 
 
 def source_keywords(args: argparse.Namespace) -> dict[str, str | None]:
-    names = ("vision_pretrained_path", "svd_model_id", "svd_variant", "llm_pretrained_path")
+    names = ("vision_pretrained_path", "svd_model_id", "svd_variant", "llm_pretrained_path", "video_model_id",
+             "video_prompt_embeds")  # fmt: skip
     return {name: getattr(args, name) for name in names}
 
 

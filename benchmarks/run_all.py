@@ -19,7 +19,7 @@ from pathlib import Path
 from benchmarks.harness import RESULTS_DIR, render_combined
 
 BENCHMARKS: tuple[str, ...] = (
-    "train_step", "generative_encoder", "feature_cache", "generation", "data_pipeline", "eval_scoring"
+    "train_step", "generative_encoder", "feature_cache", "generation", "data_pipeline", "eval_scoring", "encoder_zoo"
 )
 REPO = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,8 @@
 `scripts/pretrain.py`, `prismatic.load()`, `scripts/cache_features.py`, the benchmarks and the tests all build models
 here, so a model built for training, for the feature cache and for inference is the same model:
 - the pieces come from the registries (`prismatic.models.materialize`): the vision backbone with its generative
-  encoder's options (`ModelConfig.svd_encoder_config()`), the LLM, the projector sized to both;
+  encoder's options (`ModelConfig.svd_encoder_config()` / `video_encoder_config()`), the LLM, the projector sized to
+  both;
 - `stage` (training) sets what trains (`PrismaticVLM.freeze_backbones`) and applies the precision policy's casts: a
   frozen vision backbone is stored in bf16 under mixed precision (it needs no fp32 master copy, and the feature cache
   keys on that dtype), and `pure_bf16` casts everything, as the released run did. The training strategy then only
@@ -32,6 +33,7 @@ def _vision_backbone(model_cfg: ModelConfig, load_weights: bool) -> VisionBackbo
         svd_config=model_cfg.svd_encoder_config(),
         pretrained_path=model_cfg.vision_pretrained_path,
         load_weights=load_weights,
+        video_config=model_cfg.video_encoder_config(),
     )
     return backbone
 

@@ -20,7 +20,7 @@ never a model with random holes.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import draccus
@@ -35,7 +35,7 @@ from prismatic.conf.models import (
     check_tiny_svd_directory,
     get_model_config,
 )
-from prismatic.models.backbones.vision.registry import VISION_BACKBONES, resolve_vision_backbone_id
+from prismatic.models.backbones.vision.registry import VIDEO_KINDS, VISION_BACKBONES, resolve_vision_backbone_id
 from prismatic.models.projectors import strip_compiled_prefix
 from prismatic.models.stages import Stage, parse_stage
 from prismatic.models.vlms.prismatic import PrismaticVLM
@@ -63,6 +63,14 @@ RELEASED_MODELS: dict[str, ReleasedModel] = {
     ),
 }
 RELEASED_ALIASES: dict[str, str] = {"dyva_siglip": "dyva_siglip+7b"}
+# The dev branch's backbones: a released-layout run whose model id we do not know gets the release-mode CogVideoX
+# encoder settings of the registered model with that backbone.
+_RELEASE_TYPE_BY_BACKBONE: dict[str, str] = {
+    "dyva_dit_siglip": "dyva_dit_siglip+7b",
+    "dyva_dit_dino": "dyva_dit_siglip+7b",
+    "dyva_dit_clip": "dyva_dit_siglip+7b",
+    "dyva_cogvideox": "dyva_cogvideox+7b",
+}
 
 
 def available_model_ids() -> list[str]:
@@ -91,11 +99,16 @@ class WeightSources:
     svd_model_id: str | Path | None = None
     svd_variant: str | None = None
     llm_pretrained_path: str | Path | None = None
+    video_model_id: str | Path | None = None
+    video_prompt_embeds: str | Path | None = None
 
     def apply(self, model_cfg: ModelConfig) -> None:
         """Write the given sources into `model_cfg`; a ValueError for one this model has no use for."""
         spec = VISION_BACKBONES[resolve_vision_backbone_id(model_cfg.vision_backbone_id)]
         backbone = model_cfg.vision_backbone_id
+        self._apply_video(model_cfg, spec.generative in VIDEO_KINDS)
+        if spec.generative in VIDEO_KINDS:
+            spec = replace(spec, generative=None)  # the svd_* sources below do not apply to a video model
         for name in ("vision_pretrained_path", "svd_model_id", "llm_pretrained_path"):
             if str(getattr(self, name)) == "":
                 raise ValueError(f"load({name}='') names nothing: pass a directory, or None to keep the config's.")
@@ -123,6 +136,21 @@ class WeightSources:
         if spec.generative is not None:
             model_id = model_cfg.tiny_svd_directory() if spec.tiny else model_cfg.svd_model_id
             _check_svd_variant_files(model_id, model_cfg.svd_variant)
+
+
+    def _apply_video(self, model_cfg: ModelConfig, has_video: bool) -> None:
+        given = {"video_model_id": self.video_model_id, "video_prompt_embeds": self.video_prompt_embeds}
+        for name, value in given.items():
+            if value is None:
+                continue
+            if not has_video:
+                raise ValueError(
+                    f"{name} configures a video-model stream (CogVideoX, Wan, LTX), and "
+                    f"{model_cfg.vision_backbone_id!r} has none; drop it."
+                )
+            if str(value) == "":
+                raise ValueError(f"load({name}='') names nothing: pass a path, or None to keep the config's.")
+            setattr(model_cfg, name, str(value))
 
 
 def _existing_dir(name: str, path: str | Path) -> Path:
@@ -153,6 +181,8 @@ def load(
     svd_model_id: str | Path | None = None,
     svd_variant: str | None = None,
     llm_pretrained_path: str | Path | None = None,
+    video_model_id: str | Path | None = None,
+    video_prompt_embeds: str | Path | None = None,
 ) -> PrismaticVLM:
     """Load a VLM for inference (eval mode, no gradients) from a run directory, a released-layout directory, or a
     released model id (fetched from the hub, or from its cache).
@@ -167,12 +197,15 @@ def load(
     - `svd_variant`: its weight-file variant. Released models default to "fp16" (what the released code read), our
       runs to the one they recorded; "" reads the un-suffixed (full-precision) files;
     - `llm_pretrained_path`: a local copy of the base LLM (config and tokenizer; its weights are used only by an
-      align-stage export, whose checkpoint holds the projector alone).
+      align-stage export, whose checkpoint holds the projector alone);
+    - `video_model_id` / `video_prompt_embeds`: a video-model stream's (CogVideoX, Wan, LTX) diffusers pipeline
+      directory or hub id, and its empty-prompt embedding file (scripts/encode_empty_prompt.py).
     A source the model has no use for (an SVD source for a model without an SVD stream, an SVD variant for tiny
     random SVD components, a static-encoder path for a model without one, an empty string) raises a ValueError; a
     tiny backbone's `svd_model_id` that is not a local world model directory, a FileNotFoundError.
     """
-    sources = WeightSources(vision_pretrained_path, svd_model_id, svd_variant, llm_pretrained_path)
+    sources = WeightSources(vision_pretrained_path, svd_model_id, svd_variant, llm_pretrained_path, video_model_id,
+                            video_prompt_embeds)  # fmt: skip
     path = Path(model_id_or_path)
     if path.is_dir():
         if (path / RUN_WEIGHTS).exists() or not (path / RELEASE_CHECKPOINT).exists():
@@ -233,9 +266,12 @@ def _load_release(
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file} not found: the release layout has <model_id>/{RUN_CONFIG}.")
     released = json.loads(config_file.read_text())["model"]
-    # Start from our registered config of that id (its defaults: release-mode SVD, T = 8), then apply theirs.
+    # Start from our registered config of that id (its defaults: release-mode SVD, T = 8; or, for the dev branch's
+    # CogVideoX backbones, the release-mode CogVideoX encoder they trained with), then apply theirs.
     model_type = str(released.get("model_id", ""))
-    model_cfg = get_model_config(model_type if model_type in MODEL_CONFIGS else DEFAULT_MODEL_TYPE)
+    if model_type not in MODEL_CONFIGS:
+        model_type = _RELEASE_TYPE_BY_BACKBONE.get(str(released.get("vision_backbone_id")), DEFAULT_MODEL_TYPE)
+    model_cfg = get_model_config(model_type)
     for key in ("model_id", "arch_specifier", "vision_backbone_id", "llm_backbone_id", "image_resize_strategy",
                 "llm_max_length"):  # fmt: skip
         if key in released:

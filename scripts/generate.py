@@ -6,7 +6,8 @@ Commands at the prompt: `image PATH [PATH ...]` sets the image (several paths = 
 conversation with the same image, `quit` exits; anything else is a question. The conversation keeps its turns, so
 follow-up questions see the earlier answers (multi-turn prompts in the model's own format). Without the hub,
 `--vision_pretrained_path`, `--svd_model_id` (`--svd_variant`) and `--llm_pretrained_path` point at local copies of
-SigLIP, SVD and the base LLM (the keywords of `prismatic.load`).
+SigLIP, SVD and the base LLM (the keywords of `prismatic.load`); `--video_model_id` and `--video_prompt_embeds` at a
+zoo video model's pipeline directory and empty-prompt file.
 """
 
 import argparse
@@ -28,7 +29,8 @@ def main() -> None:
     parser.add_argument("--max_new_tokens", type=int, default=512)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--hf_token", default=os.environ.get("HF_TOKEN"))
-    sources = ("vision_pretrained_path", "svd_model_id", "svd_variant", "llm_pretrained_path")
+    sources = ("vision_pretrained_path", "svd_model_id", "svd_variant", "llm_pretrained_path", "video_model_id",
+               "video_prompt_embeds")  # fmt: skip
     for name in sources:
         parser.add_argument(f"--{name}", help="see prismatic.load (default: what the model's config says)")
     args = parser.parse_args()

@@ -21,7 +21,8 @@ from benchmarks.run_all import BENCHMARKS
 ROOT = Path(__file__).resolve().parents[1]
 
 # train_step first: data_pipeline reads its train-step rate from train_step.json in the same directory.
-ORDER = ("train_step", "generative_encoder", "feature_cache", "generation", "data_pipeline", "eval_scoring")
+ORDER = ("train_step", "generative_encoder", "feature_cache", "generation", "data_pipeline", "eval_scoring",
+         "encoder_zoo")
 MACHINE_KEYS = {"cpu", "cpu_cores", "torch_threads", "device", "load_average_1_5_15", "versions"}
 
 

@@ -5,8 +5,9 @@ One registered choice per id and alias of `prismatic.models.registry` (`--model.
 added in one place only. Every field can be overridden from the CLI (`--model.finetune_learning_rate 1e-5`) or YAML.
 
 Fields follow prismatic-vlms: identity (`model_id`, backbones, `arch_specifier`, resize strategy), the generative
-encoder's options (`svd_*`, mapped onto `SVDEncoderConfig` by `svd_encoder_config()`), and one set of optimisation
-fields per stage (`align_*` for the projector-only align stage, `finetune_*` for every other stage).
+encoder's options (`svd_*`, mapped onto `SVDEncoderConfig` by `svd_encoder_config()`, for SVD; `video_*`, mapped onto
+`VideoEncoderConfig` by `video_encoder_config()`, for the DiT video models CogVideoX / Wan / LTX), and one set of
+optimisation fields per stage (`align_*` for the projector-only align stage, `finetune_*` for every other stage).
 `validate()` checks every value before anything is built, naming the field and its valid values.
 
 Tiny backbones (`tiny-*`, CPU-sized) run their SVD stream at 64 px: on seeded random components by default, or on the
@@ -27,6 +28,7 @@ from draccus import ChoiceRegistry
 from prismatic.models.backbones.llm.registry import LLM_BACKBONES
 from prismatic.models.backbones.vision.base_vision import IMAGE_RESIZE_STRATEGIES
 from prismatic.models.backbones.vision.registry import (
+    VIDEO_KINDS,
     VISION_BACKBONE_ALIASES,
     VISION_BACKBONES,
     resolve_vision_backbone_id,
@@ -38,6 +40,12 @@ from prismatic.models.backbones.vision.svd_config import (
     KeyframePlacement,
     SVDEncoderConfig,
     SVDMode,
+)
+from prismatic.models.backbones.vision.video_config import (
+    TINY_VIDEO_CONFIG,
+    VideoEncoderConfig,
+    VideoMode,
+    VideoQuery,
 )
 from prismatic.models.projectors import ArchSpecifier
 from prismatic.models.registry import MODEL_ALIASES, MODEL_REGISTRY, ModelSpec
@@ -87,6 +95,21 @@ class ModelConfig(ChoiceRegistry):
     svd_placement: KeyframePlacement | None = None  # None = the mode's default (release: cond-slots)
     svd_tap: FeatureTap = "pre-mid"
     svd_feature_noise: bool = True  # release mode: the released tiny noise term (exact emulation)
+
+    # === Generative DiT video encoder (CogVideoX / Wan / LTX, docs/encoders.md); ignored by other backbones ===
+    # Hub id or local diffusers pipeline dir; None = the family's default hub id (tiny backbones: seeded random).
+    video_model_id: str | None = None
+    video_variant: str | None = None  # diffusers weight variant, e.g. "fp16"
+    video_mode: VideoMode = "pipeline"  # "pipeline" (the diffusers pipeline's first step) or "release" (CogVideoX dev)
+    video_query: VideoQuery = "first-step"  # or "noised-image": the image latent over T frames noised to video_timestep
+    video_timestep: int = 300  # noised-image query only (0 = clean, 999 = pure noise)
+    video_num_frames: int = 8  # T latent frames
+    video_height: int | None = None  # None = the family's default (448, or the checkpoint's fixed size)
+    video_width: int | None = None
+    video_tap_block: int | None = None  # block whose output is the feature; None = mid depth
+    video_pool_grid: int = 7  # g x g tokens per latent token frame (0 = the raw tokens)
+    # The empty-prompt embedding file of scripts/encode_empty_prompt.py (None: the model directory's own)
+    video_prompt_embeds: str | None = None
 
     # === Align stage (projector only; LLaVA-1.5's recipe) ===
     align_epochs: int = 1
@@ -166,6 +189,20 @@ class ModelConfig(ChoiceRegistry):
             feature_noise=self.svd_feature_noise,
         )
 
+    def video_encoder_config(self) -> VideoEncoderConfig:
+        """The DiT video encoder's config (tiny backbones: 64 px unless given, seeded random components unless
+        `video_model_id` names a local tiny pipeline directory)."""
+        tiny = VISION_BACKBONES[resolve_vision_backbone_id(self.vision_backbone_id)].tiny
+        height, width = self.video_height, self.video_width
+        if tiny and height is None and width is None:
+            height, width = TINY_VIDEO_CONFIG.height, TINY_VIDEO_CONFIG.width
+        return VideoEncoderConfig(
+            model_id=self.video_model_id, variant=self.video_variant, mode=self.video_mode, query=self.video_query,
+            timestep=self.video_timestep, num_frames=self.video_num_frames, height=height, width=width,
+            tap_block=self.video_tap_block, pool_grid=self.video_pool_grid, prompt_embeds=self.video_prompt_embeds,
+            tiny=tiny,
+        )  # fmt: skip
+
     def validate(self) -> None:
         """Raise a ValueError naming the first invalid field (as `--model.<field>`) and its valid values (a
         FileNotFoundError for a tiny backbone's `svd_model_id` that is not a world model directory)."""
@@ -177,6 +214,7 @@ class ModelConfig(ChoiceRegistry):
         _check_choice("svd_tap", self.svd_tap, list(get_args(FeatureTap)))
         _check_choice("encoder_batching", self.encoder_batching, list(ENCODER_BATCHINGS))
         self._validate_tiny_svd()
+        self._validate_video()
         if self.svd_placement is not None:
             _check_choice("svd_placement", self.svd_placement, list(get_args(KeyframePlacement)))
         try:
@@ -211,6 +249,22 @@ class ModelConfig(ChoiceRegistry):
                 f"{self.vision_backbone_id!r} builds tiny random SVD components and reads none: drop it, or pass "
                 "--model.svd_model_id DIR (a tiny world model exported by scripts/train_world_model.py)."
             )
+
+    def _validate_video(self) -> None:
+        spec = VISION_BACKBONES[resolve_vision_backbone_id(self.vision_backbone_id)]
+        if spec.generative not in VIDEO_KINDS:
+            return
+        _check_choice("video_mode", self.video_mode, list(get_args(VideoMode)))
+        _check_choice("video_query", self.video_query, list(get_args(VideoQuery)))
+        if self.video_mode == "release" and spec.generative != "cogvideox":
+            raise ValueError(
+                f"--model.video_mode=release emulates the authors' CogVideoX encoder; {spec.generative!r} has no "
+                "released computation: use --model.video_mode pipeline."
+            )
+        try:
+            self.video_encoder_config()
+        except ValueError as error:  # name the CLI flag, not the dataclass field
+            raise ValueError(str(error).replace("VideoEncoderConfig.", "--model.video_")) from error
 
     def _validate_optimization(self, stage: Stage) -> None:
         opt = self.optimization(stage)
@@ -271,6 +325,8 @@ _TINY_DEFAULTS: dict[str, object] = {
     "enable_gradient_checkpointing": False,
     "enable_mixed_precision_training": False,
     "svd_model_id": None,
+    "video_num_frames": TINY_VIDEO_CONFIG.num_frames,
+    "video_pool_grid": TINY_VIDEO_CONFIG.pool_grid,
 }
 
 
@@ -288,6 +344,7 @@ def _spec_defaults(name: str, spec: ModelSpec) -> dict[str, object]:
     }
     if VISION_BACKBONES[resolve_vision_backbone_id(spec.vision_backbone_id)].tiny:
         defaults.update(_TINY_DEFAULTS)
+    defaults.update(dict(spec.options))
     return defaults
 
 

@@ -182,8 +182,9 @@ class PretrainConfig:
         if self.pretrained_checkpoint is not None and not Path(self.pretrained_checkpoint).exists():
             raise FileNotFoundError(f"--pretrained_checkpoint {self.pretrained_checkpoint} does not exist.")
         generative = VISION_BACKBONES[resolve_vision_backbone_id(self.model.vision_backbone_id)].generative
-        if self.trainable_stage.generative_parts and generative != "svd":
+        if self.trainable_stage.generative_parts and generative in (None, "vae"):
             raise ValueError(
-                f"Stage {self.trainable_stage.value!r} trains the SVD U-Net, but vision backbone "
-                f"{self.model.vision_backbone_id!r} has none; use one with an SVD stream (e.g. siglip+svd)."
+                f"Stage {self.trainable_stage.value!r} trains the generative encoder's denoiser (SVD's U-Net, a video "
+                f"model's transformer), but vision backbone {self.model.vision_backbone_id!r} has none; use one with a "
+                "generative stream (e.g. siglip+svd, siglip+wan)."
             )

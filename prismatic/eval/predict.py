@@ -113,12 +113,9 @@ def generate_answers(
 
 # === Multi-image items ===
 def keyframe_slots(vlm: PrismaticVLM) -> int | None:
-    """How many keyframe slots the model's generative encoder has (its T), or None when it has none (a static-only
-    model sees the first image of a list and ignores the rest)."""
-    from prismatic.models.backbones.vision.svd import SVDGenerativeEncoder
-
-    slots = [m.config.num_frames for m in vlm.vision_backbone.modules() if isinstance(m, SVDGenerativeEncoder)]
-    return slots[0] if slots else None
+    """How many keyframe slots the model's generative encoder has (SVD's T, a video model's latent frames), or None
+    when it has none (a static-only model sees the first image of a list and ignores the rest)."""
+    return vlm.vision_backbone.max_keyframes
 
 
 def select_keyframes(count: int, limit: int | None, policy: KeyframePolicy) -> list[int]:

@@ -12,8 +12,14 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from prismatic.models.backbones.vision.base_vision import ImageTransform, VisionBackbone, check_resize_strategy
-from prismatic.models.backbones.vision.registry import VISION_BACKBONES, resolve_vision_backbone_id
+from prismatic.models.backbones.vision.registry import (
+    VIDEO_KINDS,
+    VISION_BACKBONES,
+    generative_encoder_class,
+    resolve_vision_backbone_id,
+)
 from prismatic.models.backbones.vision.svd_config import TINY_SVD_CONFIG, SVDEncoderConfig
+from prismatic.models.backbones.vision.video_config import TINY_VIDEO_CONFIG, VideoEncoderConfig
 from prismatic.models.projectors import ArchSpecifier
 from prismatic.models.vlms.visual_features import EncoderBatching
 
@@ -38,17 +44,18 @@ def get_vision_backbone_and_transform(
     svd_config: SVDEncoderConfig | None = None,
     pretrained_path: str | None = None,
     load_weights: bool = True,
+    video_config: VideoEncoderConfig | None = None,
 ) -> tuple[VisionBackbone, ImageTransform]:
     """Build a vision backbone and its per-sample image transform.
 
-    `svd_config` configures the generative stream (default: the real SVD checkpoint, or tiny random components for
-    `tiny-*` ids); `num_frames`, when given, overrides its T. `pretrained_path` points the static encoder at a local
-    directory instead of the hub. `load_weights=False` builds the architecture only (e.g. on the `meta` device).
+    `svd_config` configures an SVD (or VAE-only) stream (default: the real SVD checkpoint, or tiny random components
+    for `tiny-*` ids); `num_frames`, when given, overrides its T. `video_config` configures a DiT video stream
+    (CogVideoX, Wan, LTX; default: the family's hub checkpoint, or tiny random components for `tiny-*` ids).
+    `pretrained_path` points the static encoder at a local directory instead of the hub. `load_weights=False` builds
+    the architecture only (e.g. on the `meta` device).
     """
     from prismatic.models.backbones.vision.dual import DualStreamBackbone
-    from prismatic.models.backbones.vision.svd import SVDGenerativeEncoder
     from prismatic.models.backbones.vision.timm_vit import build_static_backbone
-    from prismatic.models.backbones.vision.vae_only import VAEOnlyBackbone
 
     vision_backbone_id = resolve_vision_backbone_id(vision_backbone_id)
     check_resize_strategy(image_resize_strategy)
@@ -58,14 +65,18 @@ def get_vision_backbone_and_transform(
     if spec.static_id is not None:
         static = build_static_backbone(spec.static_id, image_resize_strategy, pretrained_path, load_weights)
     generative = None
-    if spec.generative is not None:
+    if spec.generative in VIDEO_KINDS:
+        config = video_config or (TINY_VIDEO_CONFIG if spec.tiny else VideoEncoderConfig())
+        generative = generative_encoder_class(spec.generative).from_config(vision_backbone_id, config,
+                                                                           load_weights=load_weights)  # fmt: skip
+    elif spec.generative is not None:
         config = svd_config or (TINY_SVD_CONFIG if spec.tiny else SVDEncoderConfig())
         if num_frames is not None:
             config = replace(config, num_frames=num_frames)
-        encoder_cls = SVDGenerativeEncoder if spec.generative == "svd" else VAEOnlyBackbone
-        generative = encoder_cls.from_config(vision_backbone_id, config, load_weights=load_weights)
-        if isinstance(generative, SVDGenerativeEncoder):
-            generative.drop_unused_modules()  # never run (release pre-mid): free the memory, leave no gradless params
+        generative = generative_encoder_class(spec.generative).from_config(vision_backbone_id, config,
+                                                                           load_weights=load_weights)  # fmt: skip
+    if hasattr(generative, "drop_unused_modules"):
+        generative.drop_unused_modules()  # never run (e.g. blocks after the tap): free the memory, no gradless params
 
     if static is not None and generative is not None:
         backbone: VisionBackbone = DualStreamBackbone(vision_backbone_id, static, generative)

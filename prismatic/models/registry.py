@@ -26,6 +26,8 @@ class ModelSpec:
     tap: FeatureTap = "pre-mid"
     stage: Stage = Stage.FINETUNE  # the finetune stage's trainable set (the U-Net ablations unfreeze the U-Net)
     paper_reference: str = ""
+    # Other `ModelConfig` defaults of this model, e.g. (("video_mode", "release"),) for the authors' CogVideoX ones.
+    options: tuple[tuple[str, object], ...] = ()
 
 
 def _dyva(model_id: str, vision: str, description: str, llm: str = "llama2-7b-pure", **kw) -> ModelSpec:
@@ -83,6 +85,43 @@ _SPECS += [
     for s in _SPECS
     if s.model_id in {"dyva_siglip+7b", "dyva_clip+7b", "dyva_dino+7b", "dyva_dinosiglip+7b", "dyva-svd+7b",
                       "dyva-vae+7b"}
+]  # fmt: skip
+
+
+# --- The generative-encoder zoo (docs/encoders.md) ---
+# The authors' dev-branch CogVideoX-1.5 models, in the CogVideoX encoder's `release` mode (their computation, made
+# deterministic): raw block-21 tokens; beside a ViT 448 px and 2 latent frames (their `num_frames` 8), alone 224 px and
+# 8 latent frames (their `num_frames` 32).
+_DIT_RELEASE = (("video_mode", "release"), ("video_pool_grid", 0), ("video_height", 448), ("video_width", 448),
+                ("video_num_frames", 2))  # fmt: skip
+_COGVIDEOX_RELEASE = (("video_mode", "release"), ("video_pool_grid", 0), ("video_height", 224), ("video_width", 224),
+                      ("video_num_frames", 8))  # fmt: skip
+_VIDEO_NAMES = {"cogvideox": "CogVideoX-1.5-5B-I2V", "wan": "Wan2.1-I2V-14B-480P", "ltx": "LTX-Video 0.9 (2B)"}
+_SPECS += [
+    _dyva("dyva_dit_siglip+7b", "siglip+cogvideox", "Authors' dev branch: SigLIP + CogVideoX-1.5 block 21 (784 raw "
+          "tokens at 448 px), dual projector, Llama-2 7B; release-mode encoder.", options=_DIT_RELEASE),
+    _dyva("dyva_dit_siglip_qwen+7b", "siglip+cogvideox", "Authors' dev branch training run: SigLIP + CogVideoX-1.5 "
+          "(release mode), dual projector, Qwen2.5-7B-Instruct.", llm="qwen25-7b-chat", options=_DIT_RELEASE),
+    _dyva("dyva_cogvideox+7b", "cogvideox", "Authors' dev branch: CogVideoX-1.5 alone at 224 px (784 raw tokens), "
+          "fused GELU MLP, Llama-2 7B; release-mode encoder.", arch_specifier=_SVD_ONLY, options=_COGVIDEOX_RELEASE),
+    _dyva("dyva_cogvideox_qwen+7b", "cogvideox", "Authors' dev-branch eval target: CogVideoX-1.5 alone (release mode), "
+          "fused GELU MLP, Qwen2.5-7B-Instruct.", llm="qwen25-7b-chat", arch_specifier=_SVD_ONLY,
+          options=_COGVIDEOX_RELEASE),
+    # Pipeline-faithful encoders: the pipeline's first step, mid-depth block, 7 x 7 tokens per latent frame.
+    *(_dyva(f"dyva-{kind}_siglip+7b", f"siglip+{kind}", f"SigLIP + {name} (pipeline mode), dual projector, Llama-2 7B.")
+      for kind, name in _VIDEO_NAMES.items()),
+    *(_dyva(f"dyva-{kind}_siglip_qwen+7b", f"siglip+{kind}", f"SigLIP + {name} (pipeline mode), dual projector, "
+            "Qwen2.5-7B-Instruct.", llm="qwen25-7b-chat") for kind, name in _VIDEO_NAMES.items()),
+    *(_dyva(f"dyva-{kind}+7b", kind, f"{name}-only WorldLM (pipeline mode), fused GELU MLP, Llama-2 7B.",
+            arch_specifier=_SVD_ONLY) for kind, name in _VIDEO_NAMES.items()),
+    # Tiny twins (random tiny video models with the real block structure; CPU tests).
+    *(_dyva(f"dyva-{kind}_siglip+tiny", f"tiny-siglip+{kind}", f"Tiny SigLIP + tiny {kind} + tiny Llama-2.",
+            llm="tiny-llama2") for kind in _VIDEO_NAMES),
+    *(_dyva(f"dyva-{kind}+tiny", f"tiny-{kind}", f"Tiny {kind}-only WorldLM with a tiny Llama-2.", llm="tiny-llama2",
+            arch_specifier=_SVD_ONLY) for kind in _VIDEO_NAMES),
+    _dyva("dyva_dit_siglip+tiny", "tiny-siglip+cogvideox", "Tiny twin of dyva_dit_siglip+7b (release-mode tiny "
+          "CogVideoX, raw tokens of 2 latent frames).", llm="tiny-llama2",
+          options=(("video_mode", "release"), ("video_pool_grid", 0), ("video_num_frames", 2))),
 ]  # fmt: skip
 
 MODEL_REGISTRY: dict[str, ModelSpec] = {s.model_id: s for s in _SPECS}

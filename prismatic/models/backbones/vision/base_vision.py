@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+from prismatic.models.backbones.vision.registry import GENERATIVE_PIXEL_KEYS
+
 ImageResizeStrategy = Literal["resize-naive", "resize-crop", "letterbox"]
 IMAGE_RESIZE_STRATEGIES: tuple[str, ...] = get_args(ImageResizeStrategy)
 
@@ -91,6 +93,12 @@ class VisionBackbone(nn.Module, ABC):
     def trainable_module_names(self) -> tuple[str, ...]:
         """Submodules that train even when the backbone is frozen (e.g. the VAE-only ablation's conv stem)."""
         return ()
+
+    @property
+    def max_keyframes(self) -> int | None:
+        """How many images one sample may carry: the generative encoder's frame slots, None when there is no such
+        limit (a static encoder looks at image 1 and ignores the rest)."""
+        return None
 
     def generative_parts(self) -> dict[str, nn.Module]:
         """The generative encoder's parts that a stage may unfreeze, by name ("unet", "vae" where they exist): the
@@ -182,8 +190,9 @@ def collate_pixel_values(samples: Sequence[PixelValues]) -> PixelValues:
     return batch
 
 
-# Pixel keys that hold a variable number of frames per sample (always collated with a `_count` companion).
-VARIABLE_LENGTH_KEYS: frozenset[str] = frozenset({"svd", "vae"})
+# Pixel keys that hold a variable number of frames per sample (always collated with a `_count` companion): every
+# generative encoder's.
+VARIABLE_LENGTH_KEYS: frozenset[str] = GENERATIVE_PIXEL_KEYS
 
 
 def key_is_variable(key: str) -> bool:

@@ -54,6 +54,10 @@ class DualStreamBackbone(VisionBackbone):
         # Each stream's own member, so a cached stream never runs (or fingerprints) the other encoder.
         return {**self.static.stream_encoders(), **self.generative.stream_encoders()}
 
+    @property
+    def max_keyframes(self) -> int | None:
+        return self.generative.max_keyframes
+
     def generative_parts(self) -> dict[str, nn.Module]:
         return self.generative.generative_parts()
 

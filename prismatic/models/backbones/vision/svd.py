@@ -154,6 +154,10 @@ class SVDGenerativeEncoder(VisionBackbone):
     def forward(self, pixel_values: PixelValues) -> dict[str, torch.Tensor]:
         return {self.stream_name: self.encode(pixel_values).features}
 
+    @property
+    def max_keyframes(self) -> int | None:
+        return self.config.num_frames
+
     def generative_parts(self) -> dict[str, nn.Module]:
         return {"unet": self.unet, "vae": self.vae}
 
