@@ -3,8 +3,9 @@
 Per family (tiny twins, no network): the registry builds SigLIP + the family and the family alone; a sample's image list
 changes only the generative stream; too many keyframes is a clear error; a tiny DyVA with the family trains a few
 steps under torchrun with 2 processes reading the feature cache (built by scripts/cache_features.py's code path), and
-`load()` gives it back with the trained weights: its live features equal the cached ones and its logits equal a
-second load's. The families' own parity tests against the diffusers pipelines are in tests/test_encoder_<family>.py.
+`load()` gives it back with the trained weights: its live features equal the cached ones, its generations equal a
+second load's, and the evaluation harness scores it. The families' own parity tests against the diffusers pipelines
+are in tests/test_encoder_<family>.py; the authors' dev-branch layout and the 7B builds are checked here too.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from pathlib import Path
 import draccus
 import pytest
 import torch
+from eval_helpers import run_family, write_vsr_raw
 from helpers import REPO, data_args, run_pretrain
 from PIL import Image
 
 import prismatic
 from prismatic.assembly import build_vlm
 from prismatic.conf.models import get_model_config
+from prismatic.eval.benchmarks.vsr import VSR
+from prismatic.eval.results import fingerprint_directory
 from prismatic.models.backbones.vision.base_vision import collate_pixel_values
 from prismatic.models.backbones.vision.registry import VIDEO_KINDS, VISION_BACKBONES
 from prismatic.models.registry import MODEL_REGISTRY
@@ -119,6 +123,13 @@ def test_tiny_dyva_trains_under_torchrun_with_the_cache_and_loads_back(
     assert vlm.generate(image, prompt.get_prompt(), max_new_tokens=4, do_sample=False) == again.generate(
         image, prompt.get_prompt(), max_new_tokens=4, do_sample=False
     )
+
+    # The evaluation harness scores it like any other model (closed-form VSR items, batched).
+    data_root = tmp_path / "eval-data"
+    write_vsr_raw(data_root, count=4)
+    fingerprint = fingerprint_directory(runs / kind, str(runs / kind))
+    metrics, predictions = run_family(VSR(strict_counts=False), vlm, fingerprint, data_root, tmp_path / "results")
+    assert len(predictions) == 4 and 0 <= metrics["accuracy__VSR-ExactMatch"] <= 100
 
 
 def test_the_authors_dev_layout_loads_as_trained(tmp_path: Path) -> None:
