@@ -8,15 +8,19 @@
 in its keyframe slots, the static encoder sees the first. Without the hub, `--vision_pretrained_path`, `--svd_model_id`
 (`--svd_variant`) and `--llm_pretrained_path` point at local copies of SigLIP, SVD and the base LLM (`prismatic.load`);
 `--video_model_id` / `--video_prompt_embeds` at a zoo video model's pipeline directory and empty-prompt file.
+
+A missing model or image (or another user error) prints `error: <message>` and exits with status 2; `--debug` or
+`DYVA_DEBUG=1` shows its traceback (`prismatic/util/cli.py`).
 """
 
 import argparse
 import os
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 import prismatic  # `prismatic.load` resolves on first use, so `--help` imports no model code
+from prismatic.util.cli import run_cli, user_errors
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,10 +56,13 @@ def source_keywords(args: argparse.Namespace) -> dict[str, str | None]:
 
 
 def main(argv: list[str] | None = None) -> str:
+    """Answer `--prompt` about `--image`; returns the answer. The images are read before the model is loaded, so a
+    mistyped path fails in a second; both are checked inside `user_errors()`."""
     args = parse_args(argv)
-    vlm = prismatic.load(args.model, hf_token=args.hf_token, **source_keywords(args))
+    with user_errors(UnidentifiedImageError):
+        frames = [Image.open(path).convert("RGB") for path in args.image]
+        vlm = prismatic.load(args.model, hf_token=args.hf_token, **source_keywords(args))
     vlm.to(args.device, dtype=getattr(torch, args.dtype))
-    frames = [Image.open(path).convert("RGB") for path in args.image]
     prompt_builder = vlm.get_prompt_builder()
     prompt_builder.add_turn(role="human", message=args.prompt)
     text = vlm.generate(
@@ -72,4 +79,4 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

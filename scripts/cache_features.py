@@ -14,6 +14,9 @@ torchrun ranks; rerunning after an interruption (or on a grown dataset) encodes 
 Entries are keyed by the content of the transformed pixels each encoder reads and by the encoder's full identity
 (config, weights, dtype, library versions), so one directory can hold several encoder configurations and a changed
 one never reads stale features. Disk cost, and how to pick `--storage_dtype`: see the README ("Frozen-feature cache").
+
+A user error (no `--feature_cache_dir`, a bad flag value, a missing dataset file) prints `error: <message>` and exits
+with status 2; `--debug` or `DYVA_DEBUG=1` shows its traceback (`prismatic/util/cli.py`).
 """
 
 from dataclasses import dataclass
@@ -34,6 +37,7 @@ from prismatic.preprocessing.feature_cache import (
 )
 from prismatic.preprocessing.records import load_records
 from prismatic.training.rng import seed_everything
+from prismatic.util.cli import run_cli, user_errors
 from prismatic.util.distributed import init_distributed, shutdown_distributed
 
 overwatch = initialize_overwatch(__name__)
@@ -70,28 +74,33 @@ def validate(cfg: CacheFeaturesConfig) -> None:
 
 
 def cache_features(cfg: CacheFeaturesConfig) -> BuildReport:
-    """Build (or complete) the cache for `cfg`'s model, stage and dataset; returns this rank's report."""
-    cfg.resolve()
-    validate(cfg)
+    """Build (or complete) the cache for `cfg`'s model, stage and dataset; returns this rank's report. The flags, the
+    weight sources and the dataset file are checked inside `user_errors()` (a UserError, a ValueError, names the fix);
+    the encoding loop is not."""
+    with user_errors():
+        cfg.resolve()
+        validate(cfg)
     ctx = init_distributed()
-    cfg.prepare_dataset(ctx)  # e.g. the demo world, generated on first use
+    with user_errors():
+        cfg.prepare_dataset(ctx)  # e.g. the demo world, generated on first use
     seed_everything(cfg.seed, ctx.rank)  # as pretrain.py does before building: the same encoder weights
 
-    # The encoders exactly as training builds, freezes and casts them (the one assembly path).
-    backbone = build_vision_backbone(cfg.model, cfg.stage)
-    trainable = sorted({n.split(".")[0] for n, p in backbone.named_parameters() if p.requires_grad})
-    if trainable:  # e.g. the VAE-only ablation's conv stem, which trains in every stage
-        raise ValueError(
-            f"Stage {cfg.trainable_stage.value!r} trains vision modules {trainable} of "
-            f"{cfg.model.vision_backbone_id!r}; only frozen encoders can be cached. Pick a stage with frozen encoders "
-            "(align, finetune) or a backbone without trainable vision modules."
-        )
+    with user_errors():
+        # The encoders exactly as training builds, freezes and casts them (the one assembly path).
+        backbone = build_vision_backbone(cfg.model, cfg.stage)
+        trainable = sorted({n.split(".")[0] for n, p in backbone.named_parameters() if p.requires_grad})
+        if trainable:  # e.g. the VAE-only ablation's conv stem, which trains in every stage
+            raise ValueError(
+                f"Stage {cfg.trainable_stage.value!r} trains vision modules {trainable} of "
+                f"{cfg.model.vision_backbone_id!r}; only frozen encoders can be cached. Pick a stage with frozen "
+                "encoders (align, finetune) or a backbone without trainable vision modules."
+            )
+        json_file, image_dir = cfg.dataset.components(cfg.stage)
+        items = image_groups(load_records(json_file))
     backbone.to(ctx.device).train()  # the mode training runs it in (no encoder layer depends on it at p = 0)
     if cfg.model.encoder_batching != "per-sample":
         overwatch.warning("--model.encoder_batching batched: live misses will match cached features up to rounding only")
 
-    json_file, image_dir = cfg.dataset.components(cfg.stage)
-    items = image_groups(load_records(json_file))
     options = BuildOptions(cfg.storage_dtype, cfg.chunk_size, cfg.num_workers, cfg.log_every_s)
     streams = list(cfg.streams) if cfg.streams is not None else None
     report = build_feature_cache(items, image_dir, backbone.get_image_transform(), backbone,
@@ -100,10 +109,13 @@ def cache_features(cfg: CacheFeaturesConfig) -> BuildReport:
     return report
 
 
-@draccus.wrap()
-def main(cfg: CacheFeaturesConfig) -> None:
-    cache_features(cfg)
+def main(argv: list[str] | None = None) -> BuildReport:
+    """The CLI: `argv` (default `sys.argv[1:]`) parsed as draccus.wrap() would (`--config_path FILE` plus flags on
+    top), but inside `user_errors()`, so a malformed YAML file or a flag value of the wrong type is a user error."""
+    with user_errors():
+        cfg = draccus.parse(CacheFeaturesConfig, args=argv)
+    return cache_features(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

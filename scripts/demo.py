@@ -20,6 +20,8 @@ Stages (everything through the framework's own scripts, as separate processes, o
 6. report        a table by question type, the world model's sample clips; results.md / results.json in --out.
 A rerun reuses finished stages. `--study` runs stages 1-3 once, picks each model's learning rate on the validation
 split (`--lr_grid`, smallest size, first seed), then trains every (size, seed, model) and writes study.md/.json/.png.
+A bad flag value or an unusable --data_dir prints `error: <message>` and exits with status 2 (`--debug` or
+`DYVA_DEBUG=1`: with its traceback); a failed stage prints the child command's last lines and exits 1.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from prismatic.demo.report import GROUPS, group_scores, per_type_table, plot_stu
 from prismatic.demo.world_data import WORLD_DATA_SIZES, WorldDataPaths, build_world_dataset, write_labelled_subset
 from prismatic.eval.benchmarks.demo_world import DemoWorld, DemoWorldVal
 from prismatic.eval.results import fingerprint_directory
+from prismatic.util.cli import run_cli, user_errors
 
 REPO = Path(__file__).resolve().parents[1]
 WORLD_MODEL_CONFIG = REPO / "configs/demo-world-model.yaml"
@@ -86,7 +89,8 @@ def config_lr(model: str) -> float:
 def build_data(args: argparse.Namespace) -> WorldDataPaths:
     start = stage("1 data: the falling world")
     sizes = {key: getattr(args, key) for key in WORLD_DATA_SIZES}
-    data = build_world_dataset(args.data_dir, seed=args.world_seed, **sizes)
+    with user_errors():  # e.g. a --data_dir that holds something else
+        data = build_world_dataset(args.data_dir, seed=args.world_seed, **sizes)
     done(start)
     return data
 
@@ -287,6 +291,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("steps", "world_model_steps", "autoencoder_steps"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
+    for name in WORLD_DATA_SIZES:
+        if getattr(args, name) < 0:
+            parser.error(f"--{name} must be >= 0, got {getattr(args, name)}")
+    if args.processes < 1:
+        parser.error("--processes must be >= 1")
+    if min(args.lr_grid) <= 0:
+        parser.error("--lr_grid: learning rates must be > 0")
     if args.per_type < 1 or min(args.sizes) < 1:
         parser.error("--per_type and --sizes must be >= 1")
     if max(args.sizes if args.study else [args.per_type]) > args.pool_per_type:
@@ -299,6 +310,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """The main job, the study (--study) or the earlier demo (--legacy); returns the summary."""
     argv = sys.argv[1:] if argv is None else argv
     if "--legacy" in argv:
         sys.argv = [str(REPO / "scripts/demo_random_encoder.py"), *(a for a in argv if a != "--legacy")]
@@ -308,4 +320,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

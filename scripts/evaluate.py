@@ -11,16 +11,21 @@ first-token probability scoring for closed-form tasks, official answer normalisa
 them, with the paper's numbers for released ids. A killed run resumes where it stopped when started again with the
 same arguments; under torchrun the batches are spread over the processes (results equal to one process).
 docs/evaluation.md has the protocol per benchmark and the Table 2 recipe.
+
+A user error (an unknown benchmark, a missing model or metadata file) prints `error: <message>` and exits with status
+2; `--debug` or `DYVA_DEBUG=1` shows its traceback (`prismatic/util/cli.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from prismatic.eval.predict import KEYFRAME_POLICIES
+from prismatic.util.cli import UserError, run_cli, user_errors
 
 DTYPES = ("auto", "float32", "bfloat16")
 LOAD_SOURCES = ("vision_pretrained_path", "svd_model_id", "svd_variant", "llm_pretrained_path")
@@ -73,7 +78,7 @@ def fingerprint_model(model: str, hf_token: str | None) -> Any:
 
     model_id = RELEASED_ALIASES.get(model, model)
     if model_id not in RELEASED_MODELS:
-        raise SystemExit(f"error: --model {model!r} is neither a directory nor a released id ({list(RELEASED_MODELS)}).")
+        raise UserError(f"--model {model!r} is neither a directory nor a released id ({list(RELEASED_MODELS)}).")
     config = _fetch(model_id, RUN_CONFIG, hf_token, None)
     _fetch(model_id, RELEASE_CHECKPOINT, hf_token, None)
     fingerprint = fingerprint_directory(config.parent, model)
@@ -92,32 +97,51 @@ def load_model(model: str, hf_token: str | None, device: str, dtype: str, source
     return vlm.to(device=device, dtype=getattr(torch, dtype)).eval()
 
 
+def rescore_all(args: argparse.Namespace, benchmarks: list[Any], log: Callable[[str], None]) -> Path:
+    """--rescore: recompute each benchmark's metrics from saved predictions; returns the model's results folder. A
+    missing folder, predictions or metadata file is a user error; a scoring bug keeps its traceback."""
+    from prismatic.eval.benchmark import BenchmarkDataError
+    from prismatic.eval.harness import rescore
+
+    with user_errors():
+        folder = model_folder_for_rescore(args.model, args.results_dir)
+    for benchmark in benchmarks:
+        try:
+            rescore(benchmark, folder, args.data_root, log)
+        except BenchmarkDataError as error:
+            raise UserError(str(error)) from error
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    from prismatic.eval.harness import evaluate_benchmark, rescore
+    """Evaluate (or, with --rescore, re-score) and return 0. The flags, the benchmarks' metadata and the model are
+    resolved inside `user_errors()` (a UserError names the fix); the evaluation itself is not."""
+    args = parse_args(argv)  # argparse reports its own usage errors (status 2)
+    from prismatic.eval.harness import evaluate_benchmark
     from prismatic.eval.registry import get_benchmark, parse_benchmarks
     from prismatic.eval.runner import RunOptions
 
-    names = parse_benchmarks(args.benchmarks)
+    with user_errors():
+        names = parse_benchmarks(args.benchmarks)
+        benchmarks = [get_benchmark(name) for name in names]
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     if args.rescore:
-        folder = model_folder_for_rescore(args.model, args.results_dir)
-        for name in names:
-            rescore(get_benchmark(name), folder, args.data_root, log)
+        folder = rescore_all(args, benchmarks, log)
         print(f"Rescored {', '.join(names)}; tables in {folder / 'results.md'}")
         return 0
 
     from prismatic.util.distributed import init_distributed
 
     options = RunOptions(args.batch_size, args.keyframe_policy, args.max_new_tokens)
-    benchmarks = [get_benchmark(name) for name in names]
-    for benchmark in benchmarks:  # fail on a missing metadata file before loading a 7B model
-        benchmark.load_records(args.data_root)
+    with user_errors():
+        for benchmark in benchmarks:  # fail on a missing metadata file before loading a 7B model
+            benchmark.load_records(args.data_root)
     ctx = init_distributed()
     device = str(ctx.device) if args.device == "auto" and ctx.world_size > 1 else args.device
-    fingerprint = fingerprint_model(args.model, args.hf_token)
-    sources = {name: getattr(args, name) for name in LOAD_SOURCES if getattr(args, name) is not None}
-    vlm = load_model(args.model, args.hf_token, device, args.dtype, sources)
+    with user_errors():
+        fingerprint = fingerprint_model(args.model, args.hf_token)
+        sources = {name: getattr(args, name) for name in LOAD_SOURCES if getattr(args, name) is not None}
+        vlm = load_model(args.model, args.hf_token, device, args.dtype, sources)
     for benchmark in benchmarks:
         evaluate_benchmark(vlm, fingerprint, benchmark, args.data_root, args.results_dir, ctx, options, log)
     if ctx.is_rank_zero:
@@ -126,4 +150,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -8,19 +8,32 @@ follow-up questions see the earlier answers (multi-turn prompts in the model's o
 `--vision_pretrained_path`, `--svd_model_id` (`--svd_variant`) and `--llm_pretrained_path` point at local copies of
 SigLIP, SVD and the base LLM (the keywords of `prismatic.load`); `--video_model_id` and `--video_prompt_embeds` at a
 zoo video model's pipeline directory and empty-prompt file.
+
+A missing model or image (or another user error) prints `error: <message>` and exits with status 2; `--debug` or
+`DYVA_DEBUG=1` shows its traceback (`prismatic/util/cli.py`). At the prompt, an `image` path that cannot be read prints
+the error and keeps the session.
 """
 
 import argparse
 import os
 import shlex
+import sys
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 import prismatic  # `prismatic.load` resolves on first use, so `--help` imports no model code
+from prismatic.util.cli import UserError, run_cli, user_errors
 
 
-def main() -> None:
+def open_frames(paths: list[str]) -> list[Image.Image]:
+    """The images at `paths` as RGB; a missing or unreadable file is a UserError."""
+    with user_errors(UnidentifiedImageError):
+        return [Image.open(path).convert("RGB") for path in paths]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Load the model, then answer questions typed at the prompt until `quit` or end of input."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="run directory or released model id")
     parser.add_argument("--image", nargs="*", default=[], help="initial image or frames")
@@ -33,11 +46,12 @@ def main() -> None:
                "video_prompt_embeds")  # fmt: skip
     for name in sources:
         parser.add_argument(f"--{name}", help="see prismatic.load (default: what the model's config says)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
-    vlm = prismatic.load(args.model, hf_token=args.hf_token, **{name: getattr(args, name) for name in sources})
+    frames = open_frames(args.image)
+    with user_errors():
+        vlm = prismatic.load(args.model, hf_token=args.hf_token, **{name: getattr(args, name) for name in sources})
     vlm.to(args.device, dtype=getattr(torch, args.dtype))
-    frames = [Image.open(p).convert("RGB") for p in args.image]
     builder = vlm.get_prompt_builder()
     print("Commands: `image PATH [PATH ...]`, `clear`, `quit`; anything else is a question.")
     while True:
@@ -51,7 +65,11 @@ def main() -> None:
             builder = vlm.get_prompt_builder()
             continue
         if line.startswith("image "):
-            frames = [Image.open(p).convert("RGB") for p in shlex.split(line)[1:]]
+            try:
+                frames = open_frames(shlex.split(line)[1:])
+            except UserError as error:  # a mistyped path ends the command, not the session
+                print(f"error: {error}", file=sys.stderr, flush=True)
+                continue
             builder = vlm.get_prompt_builder()
             print(f"{len(frames)} frame(s) loaded; new conversation.")
             continue
@@ -66,4 +84,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -2,7 +2,8 @@
 
 Sources are local downloads (symlinked, or copied with --mode copy); with --download and a network, missing parts are
 fetched from their public URLs (urllib only). Run with --help for the expected trees; exits 1 when the preflight finds
-bad samples, so it can gate a training job.
+bad samples, so it can gate a training job. A user error (a missing source, a bad flag value) prints `error: <message>`
+and exits 2; `--debug` or `DYVA_DEBUG=1` shows its traceback (`prismatic/util/cli.py`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from prismatic.models.stages import Stage
 from prismatic.preprocessing.preflight import PreflightOptions, run_preflight
 from prismatic.preprocessing.records import DatasetError, image_relpaths, load_records
 from prismatic.preprocessing.samples import IMAGE_CHECKS, SampleTokenizer
+from prismatic.util.cli import UserError, run_cli, user_errors
 
 EXPECTED_TREES = """
 expected trees (under --root, default data/):
@@ -93,11 +95,13 @@ def resolve_source(source: Path, target: str) -> Path:
     for candidate in (source / leaf, source / target, source):
         if candidate.is_dir() and (candidate.name == leaf or candidate == source / leaf):
             return candidate
-    raise SystemExit(f"error: {source} holds no '{leaf}' folder (expected {source}/{leaf} or a folder named {leaf}).")
+    raise UserError(f"{source} holds no '{leaf}' folder (expected {source}/{leaf} or a folder named {leaf}).")
 
 
 def place(source: Path, target: Path, mode: str) -> None:
     """Symlink or copy `source` to `target`; an existing target is kept (and reported) unless it is a broken link."""
+    if not source.exists():  # a link to nothing would only surface later as a missing file in the preflight
+        raise UserError(f"{source} does not exist; pass the downloaded file or folder.")
     if target.is_symlink() and not target.exists():
         target.unlink()
     if target.exists():
@@ -144,7 +148,7 @@ def download(url: str, dest: Path) -> Path:
                     share = f" of {total / 2**20:.0f}" if total else ""
                     say(f"    {done / 2**20:.0f}{share} MiB")
     except (urllib.error.URLError, OSError) as error:
-        raise SystemExit(f"error: could not download {url} ({error}); download it by hand and pass its path.") from None
+        raise UserError(f"could not download {url} ({error}); download it by hand and pass its path.") from None
     partial.replace(dest)  # only complete files get the final name
     return dest
 
@@ -225,24 +229,30 @@ def check_stage(args: argparse.Namespace, stage: Stage, json_file: Path, image_d
     summarize_folders(records, image_dir)
     if args.fix_extensions:
         say(f"  wrote {fix_extensions(records, image_dir)} .jpg file(s) from same-named .gif/.png files")
-    tokenizer = None
-    if args.llm_backbone_id is not None:
-        import torch
-
-        from prismatic.models.materialize import get_llm_backbone_and_tokenizer
-
-        with torch.device("meta"):  # the tokenizer is what counts; no weights are read or allocated
-            llm, _ = get_llm_backbone_and_tokenizer(
-                args.llm_backbone_id, llm_max_length=args.llm_max_length, inference_mode=True,
-                pretrained_path=args.llm_path,
-            )
-        tokenizer = SampleTokenizer(llm.conversation_tokenizer(), args.num_visual_tokens)
+    tokenizer = sample_tokenizer(args)
     options = PreflightOptions(check_images=args.check_images, num_threads=args.num_threads,
                                progress_every=args.progress_every)
     record_kind = "caption" if stage is Stage.ALIGN else "conversation"
     report = run_preflight(records, image_dir, json_file, record_kind, tokenizer, args.max_images, options)
     say(report.table(max_examples=args.examples))
     return report.ok
+
+
+def sample_tokenizer(args: argparse.Namespace) -> SampleTokenizer | None:
+    """With --llm-backbone-id, the tokenizer the length check uses (an unknown id or a bad --llm-path is a user
+    error); else None (no length check)."""
+    if args.llm_backbone_id is None:
+        return None
+    import torch
+
+    from prismatic.models.materialize import get_llm_backbone_and_tokenizer
+
+    with user_errors(), torch.device("meta"):  # the tokenizer is what counts; no weights are read or allocated
+        llm, _ = get_llm_backbone_and_tokenizer(
+            args.llm_backbone_id, llm_max_length=args.llm_max_length, inference_mode=True,
+            pretrained_path=args.llm_path,
+        )
+    return SampleTokenizer(llm.conversation_tokenizer(), args.num_visual_tokens)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -285,27 +295,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def custom_stages(args: argparse.Namespace, stages: list[Stage]) -> list[Stage]:
+    """llava-custom lays nothing out: the stages whose JSON the user passed, each checked to exist."""
+    if args.image_dir is None:
+        raise UserError("--dataset llava-custom needs --image-dir (and --finetune-json or --align-json).")
+    if not args.image_dir.is_dir():
+        raise UserError(f"--image-dir {args.image_dir} is not a directory.")
+    chosen = []
+    for stage in stages:
+        option, json_file = (("--finetune-json", args.finetune_json) if stage is Stage.FINETUNE
+                             else ("--align-json", args.align_json))  # fmt: skip
+        if json_file is not None and not json_file.is_file():
+            raise UserError(f"{option} {json_file} is not a file.")
+        if json_file is not None:
+            chosen.append(stage)
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    config = get_dataset_config(args.dataset)
-    config.dataset_root_dir = args.root
-    stages = [Stage.ALIGN, Stage.FINETUNE] if args.stage == "both" else [Stage(args.stage)]
+    """Lay out (unless --check-only or llava-custom) and check each stage; 0 when every check passed, 1 otherwise.
+    Bad flags and missing sources raise a UserError (`run_cli`: `error: ...`, status 2)."""
+    with user_errors():
+        args = parse_args(argv)
+        config = get_dataset_config(args.dataset)
+        config.dataset_root_dir = args.root
+        stages = [Stage.ALIGN, Stage.FINETUNE] if args.stage == "both" else [Stage(args.stage)]
     custom = args.dataset == "llava-custom"
     if custom:  # nothing to lay out: check the user's own files
-        if args.image_dir is None:
-            raise SystemExit("error: --dataset llava-custom needs --image-dir (and --finetune-json or --align-json).")
-        stages = [s for s in stages if (args.finetune_json if s is Stage.FINETUNE else args.align_json) is not None]
+        stages = custom_stages(args, stages)
     ok = True
     for stage in stages:
         json_file, image_dir = config.components(stage)
         if custom:
             json_file, image_dir = (args.finetune_json if stage is Stage.FINETUNE else args.align_json), args.image_dir
         elif not args.check_only:
-            lay_out_stage(args, stage, json_file, image_dir)
+            with user_errors():  # the sources and --root are the user's (a read-only --root: PermissionError)
+                lay_out_stage(args, stage, json_file, image_dir)
         ok = check_stage(args, stage, json_file, image_dir) and ok
     say("All checks passed." if ok else "Problems found (see above); fix them, or train with on_bad_sample=skip.")
     return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -20,6 +20,10 @@ config.yaml, config.json, metrics.jsonl, checkpoints/, model.safetensors (the tr
 
 `--feature_cache_dir DIR` reads the frozen encoders' outputs from a cache built by `scripts/cache_features.py` with the
 same model and dataset flags; samples it lacks are encoded live, and the losses are the same as without it.
+
+A user error (a bad flag value, a missing dataset file, a bad `--resume`, bad samples under `--on_bad_sample error`)
+prints `error: <message>` and exits with status 2; `--debug` or `DYVA_DEBUG=1` shows its traceback
+(`prismatic/util/cli.py`). The steps that read what the user supplied run inside `user_errors()`; training does not.
 """
 
 import os
@@ -48,6 +52,7 @@ from prismatic.training.run_setup import resolve_hf_token, save_run_config
 from prismatic.training.strategies import get_train_strategy
 from prismatic.training.throughput import ThroughputMeter
 from prismatic.training.trainer import Trainer, plan_training
+from prismatic.util.cli import run_cli, user_errors
 from prismatic.util.distributed import DistributedContext, init_distributed, shutdown_distributed
 
 if TYPE_CHECKING:
@@ -57,68 +62,74 @@ overwatch = initialize_overwatch(__name__)
 
 
 def pretrain(cfg: PretrainConfig) -> Path:
-    """Run one training stage; returns the run directory."""
+    """Run one training stage; returns the run directory. What the user supplied (flags, files, data, checkpoints)
+    is checked inside `user_errors()`, so its problems raise a UserError (a ValueError) naming the fix."""
     # === Config: resolved and validated before anything is built (the world size comes from torchrun's env) ===
-    cfg.resolve()
-    cfg.validate(world_size=int(os.environ.get("WORLD_SIZE", "1")))
-    hf_token = resolve_hf_token(cfg.hf_token)
+    with user_errors():
+        cfg.resolve()
+        cfg.validate(world_size=int(os.environ.get("WORLD_SIZE", "1")))
+        hf_token = resolve_hf_token(cfg.hf_token)
 
-    # === Processes, run directory, trackers, seeds ===
+    # === Processes, --resume (a bad path fails before anything is written), run directory, trackers, seeds ===
     ctx = init_distributed()
     run_dir = Path(cfg.run_root_dir) / str(cfg.run_id)
+    checkpoints = CheckpointManager(run_dir, ctx, keep_last=cfg.keep_last)
+    with user_errors():
+        resume_from = checkpoints.resolve_resume(cfg.resume)
     if ctx.is_rank_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         config_dict = save_run_config(cfg, run_dir, secret=hf_token)
     else:
         config_dict = {}
     ctx.barrier()
-    cfg.prepare_dataset(ctx)  # e.g. the demo world, generated on first use
+    with user_errors():
+        cfg.prepare_dataset(ctx)  # e.g. the demo world, generated on first use
     # Trackers start before any model is built, so a tracker problem (e.g. no wandb login) fails in seconds.
     metrics = MetricsLogger(run_dir, cfg.trackers, ctx.is_rank_zero, str(cfg.run_id), config_dict,
                             cfg.wandb_project, cfg.wandb_entity)  # fmt: skip
     seed_everything(cfg.seed, ctx.rank)
     overwatch.info(f"Run {cfg.run_id}: model {cfg.model.model_id}, stage {cfg.stage}, run directory {run_dir}")
 
-    # === VLM: built, frozen for the stage, cast for the precision policy ===
-    vlm = build_vlm(cfg.model, stage=cfg.stage, hf_token=hf_token)
-    if cfg.pretrained_checkpoint is not None and cfg.stage is not Stage.ALIGN:
-        load_pretrained_projector(vlm, Path(cfg.pretrained_checkpoint))
+    with user_errors():  # weight sources, the projector checkpoint, the feature cache, the data and its preflight
+        # === VLM: built, frozen for the stage, cast for the precision policy ===
+        vlm = build_vlm(cfg.model, stage=cfg.stage, hf_token=hf_token)
+        if cfg.pretrained_checkpoint is not None and cfg.stage is not Stage.ALIGN:
+            load_pretrained_projector(vlm, Path(cfg.pretrained_checkpoint))
 
-    # === Feature cache: the frozen encoders' outputs, for the encoders exactly as built and cast above ===
-    feature_cache = None
-    if cfg.feature_cache_dir is not None:
-        feature_cache = FeatureCache.open(cfg.feature_cache_dir, vlm.vision_backbone)
+        # === Feature cache: the frozen encoders' outputs, for the encoders exactly as built and cast above ===
+        feature_cache = None
+        if cfg.feature_cache_dir is not None:
+            feature_cache = FeatureCache.open(cfg.feature_cache_dir, vlm.vision_backbone)
 
-    # === Data ===
-    dataset, collator = get_dataset_and_collator(
-        cfg.trainable_stage,
-        cfg.dataset,
-        vlm.vision_backbone.get_image_transform(),
-        vlm.llm_backbone.conversation_tokenizer(),
-        vlm.num_visual_tokens,
-        padding_side="right",
-        on_bad_sample=cfg.on_bad_sample,
-        attach_features=feature_cache.attach if feature_cache is not None else None,
-        fill_text_only_batches=True,
-        truncate_long_samples=cfg.truncate_long_samples,
-        preflight_cache=run_dir / "preflight.json",
-    )
-    optimization = cfg.optimization
-    sampler = DistributedResumableSampler(
-        dataset.modality_lengths(), optimization.global_batch_size, ctx.world_size, ctx.rank, seed=cfg.seed
-    )
-    plan = plan_training(optimization, sampler.steps_per_epoch, ctx.world_size)
+        # === Data ===
+        dataset, collator = get_dataset_and_collator(
+            cfg.trainable_stage,
+            cfg.dataset,
+            vlm.vision_backbone.get_image_transform(),
+            vlm.llm_backbone.conversation_tokenizer(),
+            vlm.num_visual_tokens,
+            padding_side="right",
+            on_bad_sample=cfg.on_bad_sample,
+            attach_features=feature_cache.attach if feature_cache is not None else None,
+            fill_text_only_batches=True,
+            truncate_long_samples=cfg.truncate_long_samples,
+            preflight_cache=run_dir / "preflight.json",
+        )
+        optimization = cfg.optimization
+        sampler = DistributedResumableSampler(
+            dataset.modality_lengths(), optimization.global_batch_size, ctx.world_size, ctx.rank, seed=cfg.seed
+        )
+        plan = plan_training(optimization, sampler.steps_per_epoch, ctx.world_size)
 
     # === Strategy (wraps the model, builds the optimizer), then resume ===
     strategy = get_train_strategy(optimization.train_strategy, vlm, ctx, optimization, cfg.model.precision,
                                   cfg.model.enable_gradient_checkpointing, plan.total_steps)  # fmt: skip
     strategy.setup()
-    checkpoints = CheckpointManager(run_dir, ctx, keep_last=cfg.keep_last)
     start_step = 0
-    resume_from = checkpoints.resolve_resume(cfg.resume)
     if resume_from is not None:
-        state = checkpoints.load(resume_from, strategy)
-        sampler.load_state_dict(state.sampler)
+        with user_errors():  # a checkpoint of another model, stage or sampler setting
+            state = checkpoints.load(resume_from, strategy)
+            sampler.load_state_dict(state.sampler)
         start_step = state.step
 
     # === Train ===
@@ -158,10 +169,13 @@ def held_out_evaluation(cfg: PretrainConfig, vlm: "PrismaticVLM", ctx: Distribut
     return evaluate
 
 
-@draccus.wrap()
-def main(cfg: PretrainConfig) -> None:
-    pretrain(cfg)
+def main(argv: list[str] | None = None) -> Path:
+    """The CLI: `argv` (default `sys.argv[1:]`) parsed as draccus.wrap() would (`--config_path FILE` plus flags on
+    top), but inside `user_errors()`, so a malformed YAML file or a flag value of the wrong type is a user error."""
+    with user_errors():
+        cfg = draccus.parse(PretrainConfig, args=argv)
+    return pretrain(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)
