@@ -10,8 +10,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from prismatic.util.safe_yaml import install_safe_yaml_loader
+
 if TYPE_CHECKING:
     from prismatic.loader import available_model_ids, available_model_names, get_model_description, load
+
+install_safe_yaml_loader()  # config files are data (prismatic/util/safe_yaml.py)
 
 __all__ = ["available_model_ids", "available_model_names", "get_model_description", "load"]
 

@@ -20,6 +20,7 @@ never a model with random holes.
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -280,12 +281,34 @@ def _load_release(
     model_cfg.svd_variant = RELEASE_SVD_VARIANT
     sources.apply(model_cfg)
     vlm = build_vlm(model_cfg, hf_token=hf_token, llm_weights=False)
-    checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=True)["model"]
+    checkpoint = _load_tensor_checkpoint(checkpoint_file)["model"]  # weights_only: refused, never run, if not tensors
     state = {f"projector.{k}": v for k, v in strip_compiled_prefix(checkpoint["projector"]).items()}
     state |= {f"llm_backbone.{k}": v for k, v in checkpoint["llm_backbone"].items()}
     # The released runs finetuned the projector and the LLM (the model's finetune set).
     _load_state(vlm, state, checkpoint_file, model_cfg.trainable_stage(Stage.FINETUNE), llm_in_checkpoint=True)
     return vlm
+
+
+def _load_tensor_checkpoint(checkpoint_file: Path) -> dict:
+    """A released `.pt` read with `weights_only=True`: only tensors and plain containers are unpickled, so a file
+    from someone else never runs code; anything else (a pickled object, a class whose `__reduce__` calls a function)
+    is refused with a ValueError naming the file, before any of it is constructed."""
+    try:
+        checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # torch's weights_only unpickler refuses every non-tensor global
+        raise ValueError(
+            f"Refusing to load {checkpoint_file}: it is not a plain tensor checkpoint (its pickle holds objects that "
+            "would run code when loaded, which load() never does). Use the released file from the hub repo "
+            f"{RELEASE_REPO_ID}, or re-save the weights as plain tensors ({{'model': {{'projector': ..., "
+            f"'llm_backbone': ...}}}}). Details: {str(error).splitlines()[0]}"
+        ) from error
+    model = checkpoint.get("model") if isinstance(checkpoint, dict) else None
+    if not isinstance(model, dict) or not {"projector", "llm_backbone"} <= model.keys():
+        raise ValueError(
+            f"{checkpoint_file} is not a released DyVA checkpoint: expected {{'model': {{'projector': ..., "
+            "'llm_backbone': ...}}}} of tensors. Re-download it, or load your own runs by their run directory."
+        )
+    return checkpoint
 
 
 def _required_parameters(vlm: PrismaticVLM, trained: Stage, llm_in_checkpoint: bool) -> list[tuple[str, ...]]:

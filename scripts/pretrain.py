@@ -137,7 +137,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     throughput = ThroughputMeter(vlm, ctx.device, peak_flops=cfg.peak_flops)
     trainer = Trainer(strategy, dataset, collator, sampler, plan, checkpoints, metrics, ctx, cfg.seed,
                       cfg.save_interval, cfg.stop_after_step, cfg.num_workers, throughput,
-                      held_out_evaluation(cfg, vlm, ctx), cfg.eval_every)  # fmt: skip
+                      held_out_evaluation(cfg, vlm, ctx), cfg.eval_every, cfg.max_consecutive_skips)  # fmt: skip
     step, finished = trainer.run(start_step)
 
     # === Export ===

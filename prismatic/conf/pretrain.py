@@ -53,6 +53,10 @@ class PretrainConfig:
     resume: str | None = None                       # "auto" (newest complete checkpoint of this run) or a path
     stop_after_step: int | None = None              # end this process after that step, checkpointed (job limits)
 
+    # Divergence: a step with a non-finite gradient norm is skipped (no update; metrics: skipped, skipped_total); this
+    # many skipped steps in a row stop the run with TrainingDiverged, saving nothing after the last good checkpoint
+    max_consecutive_skips: int = 10
+
     # Data
     on_bad_sample: BadSamplePolicy = "error"        # error: stop before training, naming the files; skip: drop + log
     truncate_long_samples: bool = False             # cut over-long samples to llm_max_length instead of rejecting
@@ -102,6 +106,11 @@ class PretrainConfig:
         unknown = [t for t in self.trackers if t not in TRACKERS]
         if unknown:
             raise ValueError(f"--trackers: unknown {unknown}; valid trackers are {list(TRACKERS)}.")
+        if self.max_consecutive_skips < 1:
+            raise ValueError(
+                f"--max_consecutive_skips must be >= 1 (skipped steps in a row that stop the run), got "
+                f"{self.max_consecutive_skips}."
+            )
         for name in ("save_interval", "stop_after_step", "num_frames"):
             value = getattr(self, name)
             if value is not None and value < 1:

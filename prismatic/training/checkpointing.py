@@ -10,7 +10,13 @@ Layout of `<run_dir>/checkpoints/step-000500/`:
 A checkpoint is written under `.tmp-step-000500/` and renamed only once complete, so a crash leaves a `.tmp-*`
 directory that resuming ignores (with a warning); the `keep_last` newest complete checkpoints are kept. At the end of
 training, `export_weights` writes the trainable weights, unsharded, to `<run_dir>/model.safetensors`.
-Nothing here unpickles: DCP tensors, JSON, safetensors.
+
+Nothing from a checkpoint can run code on load: JSON, safetensors, and DCP tensors (which DCP reads with
+`torch.load(weights_only=True)`). DCP's own `.metadata` index is a pickle that DCP reads with a plain `pickle.load`,
+and a non-tensor ("bytes") entry would be read with `torch.load(weights_only=False)`: so before DCP touches a
+checkpoint, `check_dcp_metadata` unpickles its metadata with an allowlist of DCP's metadata classes, torch dtypes and
+sizes, and requires every entry to be a tensor; anything else is refused with a ValueError. Other files dropped into
+a checkpoint directory (e.g. a `.pt`) are never opened.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import re
 import shutil
 import warnings
@@ -26,7 +33,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 import torch.distributed.checkpoint as dcp
+import torch.distributed.checkpoint.metadata as dcp_metadata
 from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -84,6 +93,58 @@ def missing_parts(checkpoint: Path) -> list[str]:
             if not (checkpoint / RNG_DIR / f"rank-{rank:05d}.json").is_file()
         ]
     return missing
+
+
+# Globals a DCP `.metadata` pickle of tensors references (besides the classes of torch's DCP metadata module and torch
+# dtypes, allowed by kind below). Only classes and one pure lookup function: unpickling may call them.
+_METADATA_GLOBALS: frozenset[tuple[str, str]] = frozenset({
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch.distributed.checkpoint.filesystem", "_StoragePrefix"),
+    ("collections", "OrderedDict"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("pathlib", "PurePosixPath"),
+    ("pathlib", "PureWindowsPath"),
+})  # fmt: skip
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Resolves only the globals a DCP metadata index of tensors needs; any other global (a function such as
+    `os.system`, any other class) raises UnpicklingError before anything is called."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = (module, name) in _METADATA_GLOBALS
+        if module == dcp_metadata.__name__:
+            allowed = isinstance(getattr(dcp_metadata, name, None), type)
+        elif module == "torch" and name != "Size":
+            allowed = isinstance(getattr(torch, name, None), torch.dtype)
+        if not allowed:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a DCP metadata file")
+        return super().find_class(module, name)
+
+
+def check_dcp_metadata(checkpoint: Path) -> None:
+    """Refuse a checkpoint whose DCP metadata could run code when DCP loads it: every `*.metadata` file must unpickle
+    with `_MetadataUnpickler` into DCP Metadata whose entries are all tensors (a "bytes" entry is an arbitrary pickle
+    that DCP would load with weights_only=False). Raises ValueError naming the file and what to do."""
+    for file in sorted(Path(checkpoint).glob("*" + DCP_METADATA_FILE)):
+        try:
+            with file.open("rb") as stream:
+                metadata = _MetadataUnpickler(stream).load()
+            if not isinstance(metadata, dcp_metadata.Metadata):
+                raise pickle.UnpicklingError(f"it holds a {type(metadata).__name__}, not DCP Metadata")
+            other = sorted(key for key, entry in metadata.state_dict_metadata.items()
+                           if not isinstance(entry, dcp_metadata.TensorStorageMetadata))  # fmt: skip
+            if other:
+                raise pickle.UnpicklingError(f"entries {other[:5]} are pickled objects, not tensors")
+        except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError) as error:
+            raise ValueError(
+                f"Refusing to load checkpoint {checkpoint}: {file} is not the metadata of a plain tensor checkpoint "
+                f"({error}), and loading it could run code. Resume only from checkpoints written by "
+                "scripts/pretrain.py (e.g. --resume auto for this run's own), or start without --resume."
+            ) from error
 
 
 @contextlib.contextmanager
@@ -212,6 +273,7 @@ class CheckpointManager:
                 f"Checkpoint {checkpoint} was saved with another set of trainable parameters (only in the checkpoint: "
                 f"{extra}; only in this model: {absent}); resume with the model config and stage of that run."
             )
+        check_dcp_metadata(checkpoint)  # before DCP unpickles anything of it
         model_state, optim_state = get_state_dict(strategy.model, strategy.optimizer, options=_options())
         tensors = {"model": model_state, "optim": optim_state["state"]}
         with _quiet_single_process():

@@ -1,7 +1,9 @@
 """Training metrics: a jsonl file (always), Weights & Biases (when asked), a console progress bar, a loss-curve PNG.
 
 Everything is written by rank 0 only. One jsonl line per optimizer step: step, epoch, loss, lr, grad_norm,
-samples_per_s, tokens_per_s, time (seconds since this process started training), a few counts, and what the trainer's
+samples_per_s, tokens_per_s, time (seconds since this process started training), a few counts, `skipped` (this step's
+optimizer update was skipped: non-finite gradients) and `skipped_total` (skipped steps so far in the run's history,
+resumed parts included), and what the trainer's
 throughput meter adds (`prismatic.training.throughput`: flops_per_sample, tflops_per_s, mfu when the device's peak is
 known, and the shares of step time spent in the encoders, the projector and the LLM). On resume, lines
 after the resumed step (written by the interrupted run after its last checkpoint) are dropped, so the file always
@@ -60,6 +62,8 @@ class MetricsLogger:
         self._wandb_run: Any = None
         self._bar: tqdm | None = None
         self._file: Any = None
+        self._closed = False
+        self.skipped_total = 0  # skipped steps in the run's history up to the last logged step
         if self.enabled and "wandb" in self.trackers:
             self._wandb_run = _init_wandb(self.run_dir, run_id, config, wandb_project, wandb_entity)
 
@@ -68,15 +72,18 @@ class MetricsLogger:
         self.start_time = time.perf_counter()
         if not self.enabled:
             return
-        self._truncate_after(start_step)
+        kept = self._truncate_after(start_step)
+        self.skipped_total = sum(bool(row.get("skipped", False)) for row in kept)
         self._file = self.path.open("a")
         self._bar = tqdm(
             total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0
         )
 
-    def _truncate_after(self, step: int) -> None:
+    def _truncate_after(self, step: int) -> list[dict[str, Any]]:
+        """Keep the lines up to `step` (the resumed history) and return them."""
         kept = [row for row in read_metrics(self.path) if row["step"] <= step]
         self.path.write_text("".join(json.dumps(row) + "\n" for row in kept))
+        return kept
 
     def log_step(
         self, step: int, epoch: int, result: StepResult, step_seconds: float, extra: Mapping[str, float] | None = None
@@ -88,6 +95,7 @@ class MetricsLogger:
         if self._file is None:
             raise RuntimeError("MetricsLogger.begin() must be called before log_step().")
         seconds = max(step_seconds, 1e-9)
+        self.skipped_total += int(result.skipped)
         row = {
             "step": step,
             "epoch": epoch,
@@ -102,6 +110,7 @@ class MetricsLogger:
             "tokens": result.tokens,
             "label_tokens": result.label_tokens,
             "skipped": result.skipped,
+            "skipped_total": self.skipped_total,
             **(extra or {}),
         }
         self._file.write(json.dumps(row) + "\n")
@@ -122,9 +131,11 @@ class MetricsLogger:
             )
 
     def close(self) -> None:
-        """Close the trackers and draw the loss curve of the whole run (resumed parts included)."""
-        if not self.enabled:
+        """Close the trackers and draw the loss curve of the whole run (resumed parts included). Idempotent: the
+        trainer closes them itself before raising TrainingDiverged."""
+        if not self.enabled or self._closed:
             return
+        self._closed = True
         if self._bar is not None:
             self._bar.close()
         if self._file is not None:

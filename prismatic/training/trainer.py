@@ -3,6 +3,14 @@
 One optimizer step consumes one global batch of the sampler (`global_batch_size` samples over all ranks); each rank's
 share arrives as `grad_accumulation` micro-batches of `per_device_batch_size`. After each step the sampler is told how
 far training got, which is what a checkpoint records, so a resumed run continues with exactly the next batch.
+
+Non-finite steps: a step whose gradient norm is not finite (NaN/inf loss or gradients) is skipped by the strategy (no
+optimizer update; `prismatic.training.optimizer.step_unless_non_finite`) and logged with `skipped: true` and the running
+`skipped_total`. No checkpoint is written right after a skipped step (a due save waits for the next good step), so
+every checkpoint follows a real update. After `max_consecutive_skips` skipped steps in a row the run is diverging: the
+trainer closes the metrics and raises `TrainingDiverged` without saving, so the newest complete checkpoint on disk is
+the last good one. The decision uses the all-reduced loss / gradient norm, the same on every rank, so every rank
+raises at the same step and none waits in a collective for the others.
 """
 
 from __future__ import annotations
@@ -19,11 +27,17 @@ from prismatic.preprocessing.sampler import DistributedResumableSampler
 from prismatic.training.checkpointing import CheckpointManager
 from prismatic.training.metrics import MetricsLogger
 from prismatic.training.options import StageOptimization
-from prismatic.training.strategies.base import TrainingStrategy
+from prismatic.training.strategies.base import StepResult, TrainingStrategy
 from prismatic.training.throughput import ThroughputMeter
 from prismatic.util.distributed import DistributedContext
 
 overwatch = initialize_overwatch(__name__)
+
+DEFAULT_MAX_CONSECUTIVE_SKIPS = 10
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised when `max_consecutive_skips` optimizer steps in a row had a non-finite gradient norm (all skipped)."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +80,10 @@ class Trainer:
         throughput: ThroughputMeter | None = None,
         evaluate: Callable[[int], Mapping[str, float]] | None = None,
         eval_every: int | None = None,
+        max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS,
     ) -> None:
+        if max_consecutive_skips < 1:
+            raise ValueError(f"max_consecutive_skips must be >= 1, got {max_consecutive_skips}.")
         self.strategy, self.dataset, self.collator, self.sampler = strategy, dataset, collator, sampler
         self.plan, self.checkpoints, self.metrics, self.ctx = plan, checkpoints, metrics, ctx
         self.seed, self.save_interval, self.stop_after_step = seed, save_interval, stop_after_step
@@ -74,6 +91,8 @@ class Trainer:
         self.throughput = throughput  # FLOPs, MFU and time shares per step, added to the metrics line
         # Held-out evaluation every `eval_every` steps and at the end (its metrics join that step's line as eval/*).
         self.evaluate, self.eval_every = evaluate, eval_every
+        # Divergence guard: skipped steps in a row (reset by a good step), and how many may follow each other.
+        self.max_consecutive_skips, self.consecutive_skips = max_consecutive_skips, 0
 
     def _held_out(self, step: int) -> dict[str, float]:
         if self.evaluate is None or not self.eval_every:
@@ -103,9 +122,31 @@ class Trainer:
     def _save(self, step: int, epoch: int) -> None:
         self.checkpoints.save(self.strategy, step, epoch, self.sampler.state_dict())
 
+    def _check_divergence(self, step: int, result: StepResult) -> None:
+        """Count skipped steps in a row; at `max_consecutive_skips`, close the metrics (flushed, loss curve drawn)
+        and raise TrainingDiverged, with nothing saved after the last good step."""
+        self.consecutive_skips = self.consecutive_skips + 1 if result.skipped else 0
+        if self.consecutive_skips < self.max_consecutive_skips:
+            return
+        first = step - self.consecutive_skips + 1
+        self.metrics.close()
+        complete = self.checkpoints.complete_checkpoints()
+        newest = (f"The newest complete checkpoint is {complete[-1][1]} (step {complete[-1][0]})" if complete
+                  else "No checkpoint of this run was saved yet")  # fmt: skip
+        raise TrainingDiverged(
+            f"Training diverged: {self.consecutive_skips} optimizer steps in a row (steps {first}-{step}) had a "
+            f"non-finite loss or gradient norm (last loss {result.loss}, grad norm {result.grad_norm}); each was "
+            f"skipped, and --max_consecutive_skips {self.max_consecutive_skips} stops the run here, saving nothing. "
+            f"{newest}. Lower the learning rate (--model.finetune_learning_rate / --model.align_learning_rate) or "
+            "raise the warmup, check the data of those steps (a corrupt or extreme sample) and the precision "
+            "settings, then continue from the last good checkpoint with --resume auto (or start again without "
+            "--resume)."
+        )
+
     def run(self, start_step: int = 0) -> tuple[int, bool]:
         """Train from `start_step` (the sampler already positioned); returns (last step, finished the plan)."""
         step, saved_at = start_step, start_step
+        save_due = False  # a save that fell on a skipped step waits for the next good step
         plan, sampler = self.plan, self.sampler
         epoch = sampler.epoch + int(sampler.consumed_samples >= sampler.samples_per_epoch)
         overwatch.info(
@@ -128,9 +169,11 @@ class Trainer:
                 step += 1
                 extra = self.throughput.finish_step(micro_batches, elapsed) if self.throughput is not None else {}
                 self.metrics.log_step(step, epoch, result, elapsed, {**extra, **self._held_out(step)})
-                if self.save_interval and step % self.save_interval == 0:
+                self._check_divergence(step, result)
+                save_due = save_due or bool(self.save_interval and step % self.save_interval == 0)
+                if save_due and not result.skipped:
                     self._save(step, epoch)
-                    saved_at = step
+                    saved_at, save_due = step, False
                 if self.stop_after_step is not None and step >= self.stop_after_step and step < plan.total_steps:
                     if saved_at != step:
                         self._save(step, epoch)
