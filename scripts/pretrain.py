@@ -48,7 +48,7 @@ from prismatic.training.checkpointing import (
 )
 from prismatic.training.metrics import MetricsLogger
 from prismatic.training.rng import seed_everything
-from prismatic.training.run_setup import resolve_hf_token, save_run_config
+from prismatic.training.run_setup import bundle_prompt_embedding, resolve_hf_token, save_run_config
 from prismatic.training.strategies import get_train_strategy
 from prismatic.training.throughput import ThroughputMeter
 from prismatic.training.trainer import Trainer, plan_training
@@ -78,6 +78,9 @@ def pretrain(cfg: PretrainConfig) -> Path:
         resume_from = checkpoints.resolve_resume(cfg.resume)
     if ctx.is_rank_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
+    with user_errors():  # a video stream's empty-prompt file travels with the run (the config names the copy)
+        bundle_prompt_embedding(cfg.model, run_dir, copy=ctx.is_rank_zero)
+    if ctx.is_rank_zero:
         config_dict = save_run_config(cfg, run_dir, secret=hf_token)
     else:
         config_dict = {}

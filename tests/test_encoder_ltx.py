@@ -316,3 +316,38 @@ def test_the_script_writes_the_embedding_where_the_encoder_finds_it(ltx_dir: Pat
         script.main(["--family", "ltx", "--model_id", "Lightricks/LTX-Video"])
     with pytest.raises(FileNotFoundError, match=r"encode_empty_prompt\.py --family ltx"):
         LTXVideoEncoder.from_config("ltx", replace(CONFIG, model_id=str(ltx_dir), tiny=False))
+
+
+def test_a_run_carries_its_prompt_embedding_and_loads_without_the_original(
+    ltx_dir: Path, prompt_file: Path, tmp_path: Path
+) -> None:
+    """scripts/pretrain.py copies the --model.video_prompt_embeds file into the run directory and its config names the
+    copy: the run loads (and computes the same features) after the original file is gone."""
+    import importlib.util
+    import json
+    import shutil
+
+    import draccus
+    from helpers import small_run_args, write_llava_dataset
+
+    import prismatic
+    from prismatic.conf.pretrain import PretrainConfig
+
+    original = tmp_path / "prompts" / "ltx-empty.safetensors"
+    original.parent.mkdir()
+    shutil.copyfile(prompt_file, original)
+    data = write_llava_dataset(tmp_path / "data", num_images=4, num_text=0)
+    args = small_run_args(data, tmp_path / "runs", "ltx", 1, "--model.video_model_id", str(ltx_dir),
+                          "--model.video_prompt_embeds", str(original), model_type="dyva-ltx_siglip+tiny")  # fmt: skip
+    script_path = Path(__file__).resolve().parents[1] / "scripts" / "pretrain.py"
+    spec = importlib.util.spec_from_file_location("pretrain_script", script_path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    run_dir = script.pretrain(draccus.parse(PretrainConfig, args=args))
+
+    copy = run_dir / "empty_prompt_embeds.safetensors"
+    assert copy.read_bytes() == original.read_bytes()
+    assert json.loads((run_dir / "config.json").read_text())["model"]["video_prompt_embeds"] == str(copy)
+    original.unlink()
+    vlm = prismatic.load(run_dir)
+    assert torch.equal(vlm.vision_backbone.generative.prompt_embeds, load_prompt_embedding(copy, "ltx").embeds)

@@ -1,4 +1,6 @@
-"""Run-directory bookkeeping: the Hugging Face token (resolved, never stored), run ids, and the saved config.
+"""Run-directory bookkeeping: the Hugging Face token (resolved, never stored), run ids, the saved config, and the
+empty-prompt embedding a video-model stream conditions on (copied into the run, so the run never depends on it
+staying elsewhere).
 
 `hf_token` in a config names WHERE the token is (an environment variable or a file), never the token itself, so the
 config can be saved and tracked as is. `save_run_config` writes the resolved config as `config.yaml` (readable, and
@@ -11,11 +13,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import draccus
 
+from prismatic.models.backbones.vision.registry import VIDEO_KINDS, VISION_BACKBONES, resolve_vision_backbone_id
+from prismatic.models.backbones.vision.video_prompt import PROMPT_FILE
 from prismatic.overwatch import initialize_overwatch
 from prismatic.util.io import write_text_atomic
 
@@ -77,3 +82,29 @@ def save_run_config(config: Any, run_dir: Path, secret: str | None) -> dict[str,
     for name, payload in files.items():
         write_text_atomic(run_dir / name, payload)
     return encoded
+
+
+def bundle_prompt_embedding(model_cfg: Any, run_dir: Path, copy: bool) -> None:
+    """Copy a video-model stream's empty-prompt file (`--model.video_prompt_embeds`, or the one inside a local
+    `--model.video_model_id`) into the run directory and point the config at the copy, so the saved config, the run
+    and `prismatic.load(run_dir)` keep working when the original moves. `copy` on one rank only; every rank gets the
+    same path. Nothing to do without a video stream, or for tiny random encoders and hub ids without a file (the
+    encoder then uses its seeded embedding, or stops with the command that writes one)."""
+    spec = VISION_BACKBONES[resolve_vision_backbone_id(model_cfg.vision_backbone_id)]
+    if spec.generative not in VIDEO_KINDS:
+        return
+    source = model_cfg.video_prompt_embeds
+    if source is None:
+        local = Path(model_cfg.video_model_id) / PROMPT_FILE if model_cfg.video_model_id else None
+        if local is None or not local.is_file():
+            return
+        source = str(local)
+    target = run_dir / PROMPT_FILE
+    if Path(source).resolve() != target.resolve():
+        if not Path(source).is_file():
+            raise FileNotFoundError(
+                f"--model.video_prompt_embeds {source} does not exist; write it with scripts/encode_empty_prompt.py."
+            )
+        if copy:
+            shutil.copyfile(source, target)
+    model_cfg.video_prompt_embeds = str(target)
