@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.harness import Comparison, argument_parser, measure, ratio_pair, write_results
 from prismatic.models.backbones.vision.registry import VIDEO_KINDS, generative_encoder_class
 from prismatic.models.backbones.vision.video_config import TINY_VIDEO_CONFIG, VideoEncoderConfig
-from prismatic.models.backbones.vision.video_encoder import VideoDiTEncoder, sample_generators
+from prismatic.models.backbones.vision.video_encoder import VideoDiTEncoder
 
 NAME = "encoder_zoo"
 # (label, family, config) at real dimensions: each family's defaults, and the authors' release-mode CogVideoX.
@@ -42,11 +42,6 @@ def _frames(encoder: VideoDiTEncoder, batch: int) -> tuple[torch.Tensor, list[in
     g = torch.Generator().manual_seed(0)
     frames = torch.randint(0, 256, (batch, 1, 3, encoder.height, encoder.width), generator=g, dtype=torch.uint8)
     return frames, [1] * batch
-
-
-def _denoiser_call(encoder: VideoDiTEncoder, frames: torch.Tensor, counts: list[int]):
-    pixels = frames.to(encoder.transformer.device).float() / 255.0 * 2.0 - 1.0
-    return encoder.denoiser_call(pixels, counts, sample_generators(frames, counts, encoder.config.seed))
 
 
 def _flops(fn) -> int:
@@ -65,7 +60,7 @@ def real_row(label: str, kind: str, config: VideoEncoderConfig) -> dict[str, Any
         encoder = generative_encoder_class(kind).from_config(kind, config, load_weights=False)
     frames, counts = _frames(encoder, 1)
     holder: dict[str, Any] = {}
-    conditioning = _flops(lambda: holder.setdefault("call", _denoiser_call(encoder, frames, counts)))
+    conditioning = _flops(lambda: holder.setdefault("call", encoder.query(frames, counts)))
     call = holder["call"]
     truncated = _flops(lambda: encoder.run_to_tap(call))
     full = _flops(lambda: encoder.transformer(**call.kwargs, return_dict=False))
@@ -130,7 +125,7 @@ def tiny_measurements(kind: str, settings, batch: int) -> tuple[list, Comparison
     encoder = generative_encoder_class(kind).from_config(f"tiny-{kind}", replace(TINY_VIDEO_CONFIG))
     frames, counts = _frames(encoder, batch)
     with torch.no_grad():
-        call = _denoiser_call(encoder, frames, counts)
+        call = encoder.query(frames, counts)
 
     def truncated() -> Any:
         with torch.no_grad():

@@ -223,9 +223,10 @@ class VideoDiTEncoder(VisionBackbone):
         """How many images (keyframes) one sample may carry: one per latent frame slot by default."""
         return self.config.num_frames
 
+    @abstractmethod
     def random_prompt_shape(self) -> tuple[int, int]:
-        """(tokens, width) of the seeded random prompt embedding tiny encoders use."""
-        return (8, int(self.transformer.config.text_embed_dim))
+        """(tokens, width) of the seeded random prompt embedding tiny encoders use (each family's config names the
+        text width differently)."""
 
     def family_description(self) -> dict[str, Any]:
         """Anything else (beyond the config, scheduler and prompt) that determines the features."""
@@ -359,9 +360,12 @@ class VideoDiTEncoder(VisionBackbone):
             )
         for count in counts:
             check_keyframe_count(count, self.max_images, self.family)
-        generators = sample_generators(frames, counts, self.config.seed)
-        device = self.transformer.device
-        pixels = frames.to(device).float() / 255.0 * 2.0 - 1.0
-        call = self.denoiser_call(pixels, counts, generators)
+        call = self.query(frames, counts)
         tokens = self.run_to_tap(call)
         return pool_tokens(tokens, call.grid, self.config.pool_grid)
+
+    def query(self, frames: torch.Tensor, counts: list[int]) -> DenoiserCall:
+        """The denoiser call for uint8 frames [B, Kmax, 3, H, W]: [-1, 1] pixels on the model's device and each
+        sample's own content-seeded generator."""
+        pixels = frames.to(self.transformer.device).float() / 255.0 * 2.0 - 1.0
+        return self.denoiser_call(pixels, counts, sample_generators(frames, counts, self.config.seed))
