@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch/torchvision pinned to the builds pip resolves here (CUDA wheels that also run on CPU)
 	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(PY) -m pip install -q -e ".[dev,eval,video]"
+	$(PY) -m pip install -q -e ".[dev,eval,video,lora]"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -29,7 +29,7 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q -x --durations=15 tests
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline OMP_NUM_THREADS=1 $(PY) -m pytest -q -x --durations=15 tests
 
 # lmms-eval 0.7.3 downgrades wandb / protobuf / filelock, so its integration test gets a virtualenv of its own.
 LMMS_VENV := .venv-lmms

@@ -5,7 +5,9 @@ prefixes of the same length: ours = the tokenized prompt + the visual tokens spl
 embeddings, handed to `llm.generate(inputs_embeds=...)`. Decode time is isolated from the prefill (and from our image
 transform and encoders) by timing N tokens and 1 token and taking the difference:
     decode tokens/s = batch * (N - 1) / (t(N) - t(1)).
-Goals: ours / HF decode tokens/s >= 0.95 at batch 1; our batch-8 / batch-1 decode tokens/s >= 4.
+Goal: ours / HF decode tokens/s >= 0.95 at batch 1. Batch 8 / batch 1 is information only: its former goal (>= 4) was
+retired (issue 16) because 2 CPU cores cannot show what batching buys (the same LLM under HF's own `generate` reaches
+2.87x here); the batching goal is measured on a GPU, batch 16 vs 1 (`benchmarks/gpu_shapes.py --only generate`).
 
     python -m benchmarks.generation [--smoke] [--new_tokens N]
 """
@@ -33,6 +35,8 @@ from benchmarks.harness import (
 from prismatic.models.vlms.prismatic import PrismaticVLM
 
 NAME = "generation"
+RETIRED_BATCH_GOAL = ("information only: the >= 4 goal was retired, 2 CPU cores cannot show batching (HF's own "
+                      "generate: see the reference row); GPU batch 16 vs 1 is in gpu_shapes' generate part")
 QUESTION = ("Describe everything that is happening in this picture, including the objects, their colours, where "
             "they are, how they move and what will probably happen next in the scene.")  # fmt: skip
 
@@ -117,8 +121,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     comparisons = [
         compare("decode: vlm.generate vs bare LLM HF generate (batch 1)", "ours_b1", "hf_b1", ">= 0.95",
                 f"{rates['ours_b1']:.1f} vs {rates['hf_b1']:.1f} tokens/s"),
-        compare("decode: batch 8 vs batch 1 (vlm.generate)", "ours_b8", "ours_b1", ">= 4",
-                f"{rates['ours_b8']:.1f} vs {rates['ours_b1']:.1f} tokens/s"),
+        compare("decode: batch 8 vs batch 1 (vlm.generate)", "ours_b8", "ours_b1", None,
+                f"{rates['ours_b8']:.1f} vs {rates['ours_b1']:.1f} tokens/s; {RETIRED_BATCH_GOAL}"),
         compare("reference: batch 8 vs batch 1 (bare LLM, HF generate)", "hf_b8", "hf_b1", None,
                 f"what the same LLM scales to on this machine; ours / HF at batch 8: "
                 f"{rates['ours_b8'] / rates['hf_b8']:.2f}"),

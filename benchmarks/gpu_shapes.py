@@ -12,13 +12,18 @@
    step time, tokens/s, LLM MFU (the project's `LLMFlops.train` = 6NT + 12LaT^2 over the dense bf16 peak of
    `PEAK_BF16_FLOPS`, over the matmul ceiling measured here, over ~790 TFLOP/s; the issue's goal: >= 40% at sequence
    length 2048), time shares (ThroughputMeter), peak memory.
+3. Issue 16's parts, each lever measured on its own: `levers` (the step of 2. with selective activation checkpointing,
+   the fused loss, compiled decoder blocks, FSDP2 reshard / prefetch settings) and `dyva7b` (the real DyVA-7B shapes
+   on one device, fp32 masters and pure bf16, largest batch) in `benchmarks/gpu_parts_train.py`; `encoder` (device-side
+   noise, channels-last) and `generate` (batch 16 vs 1, first-token latency) in `benchmarks/gpu_parts_infer.py`.
 
 Every candidate runs once first (an error or out-of-memory is noted and costs only that candidate); those whose timed
 calls do not fit the time budget are skipped. Results merge into `<out>/gpu_shapes.{json,md}`, so the parts can run as
 separate processes (`--only`), as `benchmarks/gpu_run.sh` does on the GPU machine.
 
-    python -m benchmarks.gpu_shapes [--smoke] [--only svd|train] [--out DIR] [--budget-s S]
-    bash benchmarks/gpu_run.sh     # on the GPU machine (no network): installs .whl/*, runs both parts into $OUT
+    python -m benchmarks.gpu_shapes [--smoke] [--only svd|train|encoder|levers|dyva7b|generate] [--out DIR]
+                                    [--budget-s S]
+    bash benchmarks/gpu_run.sh     # on the GPU machine (no network): installs .whl/*, runs the parts into $OUT
 """
 
 from __future__ import annotations
@@ -29,24 +34,31 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub on the GPU machine: a mis
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import json
-import socket
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 
 from benchmarks import harness
-from benchmarks.harness import Comparison, Measurement, measure, time_call
+from benchmarks.gpu_common import (
+    H200_MEASURED_MATMUL,
+    Candidates,
+    Section,
+    make_batch,
+    matmul_ceiling,
+    run_each,
+    start_process_group,
+)
+from benchmarks.gpu_parts_infer import encoder_part, generate_part
+from benchmarks.gpu_parts_train import dyva7b_part, levers_part
+from benchmarks.harness import Comparison, Measurement, time_call
 from prismatic.assembly import build_vlm
 from prismatic.conf.models import get_model_config
-from prismatic.models.backbones.vision.base_vision import collate_pixel_values, feature_key
 from prismatic.models.backbones.vision.svd_config import TINY_SVD_CONFIG, SVDEncoderConfig
 from prismatic.models.backbones.vision.svd_unet import SVDNoise
 from prismatic.models.materialize import get_vision_backbone_and_transform
@@ -54,71 +66,10 @@ from prismatic.models.vlms.visual_features import frozen_encoder_context, vision
 from prismatic.training.options import StageOptimization
 from prismatic.training.strategies import get_train_strategy
 from prismatic.training.throughput import ThroughputMeter, device_peak_flops, flop_counter
-from prismatic.util.constants import IGNORE_INDEX
-from prismatic.util.distributed import init_distributed, shutdown_distributed
+from prismatic.util.distributed import shutdown_distributed
 
 NAME = "gpu_shapes"
-H200_MEASURED_MATMUL = 790e12  # bf16 dense matmul FLOP/s measured on H200s (the issue's reference ceiling)
-Candidates = dict[str, tuple[str, Callable[[], Any]]]
-
-
-# === Shared ===
-@dataclass
-class Section:
-    """One part's results; `notes` also carry the errors of candidates that could not run."""
-
-    name: str
-    settings: dict[str, Any] = field(default_factory=dict)
-    dimensions: dict[str, Any] = field(default_factory=dict)
-    measurements: list[Measurement] = field(default_factory=list)
-    comparisons: list[Comparison] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    save: Callable[[], Any] = field(default=lambda: None, repr=False)  # writes the results so far
-
-    def note(self, text: str) -> None:
-        print(f"[{self.name}] {text}", flush=True)
-        self.notes.append(f"[{self.name}] {text}")
-
-
-def matmul_ceiling(device: torch.device) -> float:
-    """Measured bf16 matmul FLOP/s of this device (square 8192 products on a GPU; 512 on a CPU)."""
-    n, iters = (8192, 50) if device.type == "cuda" else (512, 3)
-    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
-    for _ in range(iters // 3):  # warm-up (clocks, cuBLAS heuristics)
-        a @ b
-    harness.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        a @ b
-    harness.synchronize(device)
-    return 2.0 * n**3 * iters / (time.perf_counter() - start)
-
-
-def run_each(candidates: Candidates, device: torch.device, deadline: float, warmup: int, reps: int, section: Section,
-             after: Callable[[str, Measurement], None]) -> dict[str, Measurement]:  # fmt: skip
-    """Each candidate alone, in order: a first call (its warm-up; a second one if the first seems too slow), then,
-    if `warmup + reps + 1` more calls fit the time budget, `measure` (warm-up, timed calls, one memory call) and
-    `after(name, measurement)`; the results so far are saved after each candidate. An error (e.g. out of memory) is
-    printed and noted, and costs only that candidate."""
-    measured: dict[str, Measurement] = {}
-    for name, (description, fn) in candidates.items():
-        try:
-            wall, _ = time_call(fn, device)
-            if time.monotonic() + wall * (warmup + reps + 1) > deadline:  # one-off costs of a first call? time again
-                wall, _ = time_call(fn, device)
-            if time.monotonic() + wall * (warmup + reps + 1) > deadline:
-                section.note(f"{name}: skipped ({warmup + reps + 1} calls of {wall:.2f} s do not fit the time budget)")
-                continue
-            measured[name] = measure({name: (description, fn)}, device, warmup, reps)[name]
-            section.measurements.append(measured[name])
-            after(name, measured[name])
-        except Exception as error:
-            traceback.print_exc()
-            section.note(f"{name}: failed ({type(error).__name__}: {str(error)[:300]})")
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        section.save()
-    return measured
+PARTS: dict[str, Callable[[Section, Any, Any, float, float], None]] = {}  # filled below, after the parts are defined
 
 
 # === Part 1: the SVD encoder ===
@@ -229,40 +180,6 @@ def svd_part(section: Section, settings: Any, args: Any, deadline: float, ceilin
 
 
 # === Part 2: DyVA-shaped training step under FSDP2 ===
-def start_process_group(device: torch.device) -> Any:
-    """World size 1 through the project's own setup (`init_distributed`: NCCL on CUDA, gloo on CPU)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}.items():  # fmt: skip
-        os.environ.setdefault(key, value)
-    ctx = init_distributed()
-    if ctx.device.type != device.type:
-        raise ValueError(f"The train part runs on the default device ({ctx.device}), not {device}.")
-    return ctx
-
-
-def make_batch(vlm: Any, b: int, text_len: int, device: torch.device, live: bool) -> dict[str, Any]:
-    """b samples of text_len random text tokens (the second half labelled) plus one image each: its features
-    precomputed in bf16 (as the frozen-feature cache stores them) or, `live`, pixels for the frozen encoders."""
-    g = torch.Generator().manual_seed(b)
-    ids = torch.randint(0, len(vlm.llm_backbone.tokenizer), (b, text_len), generator=g)
-    labels = ids.clone()
-    labels[:, : text_len // 2] = IGNORE_INDEX
-    if live:
-        transform = vlm.vision_backbone.get_image_transform()
-        rng = np.random.default_rng(b)
-        images = [Image.fromarray(rng.integers(0, 256, (448, 448, 3), dtype=np.uint8)) for _ in range(b)]
-        pixel_values = collate_pixel_values([transform(image) for image in images])
-    else:
-        pixel_values = {feature_key(s.name): torch.randn(b, s.num_tokens, s.embed_dim, generator=g).to(torch.bfloat16)
-                        for s in vlm.vision_backbone.streams}  # fmt: skip
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
-             "has_image": torch.ones(b, dtype=torch.bool), "pixel_values": pixel_values}  # fmt: skip
-    return {k: ({kk: vv.to(device) for kk, vv in v.items()} if isinstance(v, dict) else v.to(device))
-            for k, v in batch.items()}  # fmt: skip
-
 
 def train_part(section: Section, settings: Any, args: Any, deadline: float, ceiling: float) -> None:
     device, smoke = settings.device, settings.smoke
@@ -416,7 +333,7 @@ def merge_and_write(sections: Sequence[Section], out: Path, settings: Any) -> Pa
 
 def main(argv: Sequence[str] | None = None) -> Path:
     parser = harness.argument_parser(__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("svd", "train"), default=None, help="run one part (default: both)")
+    parser.add_argument("--only", choices=tuple(PARTS), default=None, help="run one part (default: all)")
     parser.add_argument(
         "--budget-s",
         type=float,
@@ -435,9 +352,20 @@ def main(argv: Sequence[str] | None = None) -> Path:
         help="train without activation checkpointing (what the recomputation costs)",
     )
     parser.add_argument("--peak-flops", type=float, default=None, help="peak FLOP/s for MFU (default: the table)")
+    # Issue 16's parts (benchmarks/gpu_parts_train.py, benchmarks/gpu_parts_infer.py).
+    parser.add_argument("--levers", nargs="+", default=None, help="levers part: which levers (default: all)")
+    parser.add_argument("--lever-batch", type=int, default=None, help="levers part: samples per step (16; smoke 2)")
+    parser.add_argument("--no-ac-batch", type=int, default=None, help="levers part: batch without checkpointing (8)")
+    parser.add_argument("--lever-reps", type=int, default=None, help="levers, dyva7b parts: timed steps (4; smoke 2)")
+    parser.add_argument("--dyva7b-batches", type=int, nargs="+", default=None,
+                        help="dyva7b part: batches tried in increasing size until one fails (1 2 4 6 8 12 16)")
+    parser.add_argument("--encoder-batch", type=int, default=None, help="encoder part: images per call (16; smoke 2)")
+    parser.add_argument("--generate-batch", type=int, default=None, help="generate part: the large batch (16)")
+    parser.add_argument("--new-tokens", type=int, default=None, help="generate part: new tokens per row (32)")
     settings, args = harness.parse_settings(parser, argv)
     args.train_reps = args.train_reps or (2 if settings.smoke else 10)
-    parts = [args.only] if args.only else ["svd", "train"]
+    args.lever_reps = args.lever_reps or (2 if settings.smoke else 4)
+    parts = [args.only] if args.only else list(PARTS)
     budget = args.budget_s or (3600.0 if settings.smoke else 90.0 * len(parts))
     deadline = time.monotonic() + budget
     ceiling = matmul_ceiling(settings.device)
@@ -447,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         section = Section(part)
         section.save = lambda section=section: merge_and_write([*done, section], settings.out, settings)
         try:
-            (svd_part if part == "svd" else train_part)(section, settings, args, deadline, ceiling)
+            PARTS[part](section, settings, args, deadline, ceiling)
         except Exception as error:  # what was measured so far is kept, and the next part runs
             traceback.print_exc()
             section.note(f"FAILED: {type(error).__name__}: {str(error)[:500]}")
@@ -459,6 +387,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     print("\n".join(harness.comparisons_table(json.loads(path.read_text()))), flush=True)
     return path
 
+
+PARTS.update({"svd": svd_part, "train": train_part, "encoder": encoder_part, "levers": levers_part,
+              "dyva7b": dyva7b_part, "generate": generate_part})  # fmt: skip
 
 if __name__ == "__main__":
     main()

@@ -10,12 +10,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from prismatic.hf.registration import register_with_transformers
 from prismatic.util.safe_yaml import install_safe_yaml_loader
 
 if TYPE_CHECKING:
     from prismatic.loader import available_model_ids, available_model_names, get_model_description, load
 
 install_safe_yaml_loader()  # config files are data (prismatic/util/safe_yaml.py)
+# transformers' auto classes learn the "dyva" model type (prismatic/hf); transformers itself is not imported here.
+register_with_transformers()
 
 __all__ = ["available_model_ids", "available_model_names", "get_model_description", "load"]
 

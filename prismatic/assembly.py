@@ -10,6 +10,9 @@ here, so a model built for training, for the feature cache and for inference is 
   keys on that dtype), and `pure_bf16` casts everything, as the released run did. The training strategy then only
   wraps the model and computes in that precision;
 - `stage=None` (inference) freezes everything and switches to eval mode; nothing is cast (call `vlm.to(...)`).
+- LoRA (`lora_rank > 0`, `prismatic.models.lora`): adapters are injected before freezing, so a LoRA model is the same
+  module tree for training, checkpoints and `load()`; `set_trainable` says what trains (the stage, then adapters only
+  in each adapted part), for the builder and for the loader's checkpoint coverage alike.
 
 With `load_weights=False` nothing is read from disk but the packaged tokenizer vocabularies, so a 7B model builds
 under `with torch.device("meta"):`; `llm_weights=False` builds the LLM's architecture only (a checkpoint fills it).
@@ -19,8 +22,9 @@ from __future__ import annotations
 
 from prismatic.conf.models import ModelConfig, get_model_config
 from prismatic.models.backbones.vision.base_vision import VisionBackbone
+from prismatic.models.lora import LoraSettings, apply_lora, mark_trainable
 from prismatic.models.materialize import get_llm_backbone_and_tokenizer, get_vision_backbone_and_transform, get_vlm
-from prismatic.models.stages import Stage
+from prismatic.models.stages import Stage, parse_stage
 from prismatic.models.vlms.prismatic import PrismaticVLM, freeze_vision_backbone
 from prismatic.training.options import HALF_DTYPE
 
@@ -54,6 +58,25 @@ def build_vision_backbone(model_cfg: ModelConfig, stage: Stage | str, load_weigh
     return backbone
 
 
+def lora_settings(model_cfg: ModelConfig) -> LoraSettings:
+    """The model config's `lora_*` fields as the LoRA module's settings; a ValueError naming a bad field."""
+    targets = None if model_cfg.lora_target_modules is None else tuple(model_cfg.lora_target_modules)
+    settings = LoraSettings(rank=model_cfg.lora_rank, alpha=model_cfg.lora_alpha, dropout=model_cfg.lora_dropout,
+                            target_modules=targets, vision=model_cfg.lora_vision, unet=model_cfg.lora_unet)  # fmt: skip
+    settings.validate()
+    return settings
+
+
+def set_trainable(vlm: PrismaticVLM, model_cfg: ModelConfig, stage: Stage | str) -> None:
+    """`requires_grad` for training `stage` (a stage of this model: `finetune` means its own finetune set): the
+    stage's set (`PrismaticVLM.freeze_backbones`), then, with LoRA, only the adapters of each adapted part."""
+    trained = model_cfg.trainable_stage(parse_stage(stage))
+    vlm.freeze_backbones(trained)
+    settings = lora_settings(model_cfg)
+    if settings.enabled:
+        mark_trainable(vlm, settings, trained)
+
+
 def build_vlm(
     model_cfg: ModelConfig | str,
     stage: Stage | str | None = None,
@@ -76,10 +99,13 @@ def build_vlm(
     vlm = get_vlm(model_cfg.model_id, model_cfg.arch_specifier, vision_backbone, llm_backbone,
                   projector_feature_norm=model_cfg.projector_feature_norm,
                   encoder_batching=model_cfg.encoder_batching)  # fmt: skip
+    settings = lora_settings(model_cfg)
+    if settings.enabled:
+        apply_lora(vlm, settings)
     if stage is None:
         vlm.requires_grad_(False)
         return vlm.eval()
-    vlm.freeze_backbones(model_cfg.trainable_stage(stage))
+    set_trainable(vlm, model_cfg, stage)
     if model_cfg.pure_bf16:
         vlm.to(HALF_DTYPE)
     else:

@@ -1,8 +1,12 @@
 """`prismatic.load()`: a trained VLM from one of our run directories, or from the authors' released checkpoints.
 
-Two layouts are read, and nothing is ever unpickled beyond tensors:
+Three layouts are read, and nothing is ever unpickled beyond tensors:
 - **Our runs** (`scripts/pretrain.py`): `<run_dir>/config.json` (the resolved training config) and
-  `<run_dir>/model.safetensors` (the trainable weights).
+  `<run_dir>/model.safetensors` (the trainable weights; a LoRA run's hold the adapters and the projector, on top of
+  the base LLM its config names).
+- **Exports** (`scripts/export.py`, `prismatic/export/`): a self-contained directory whose `export.json` names the
+  subdirectories that hold every source (static encoder, generative encoder, LLM with tokenizer, peft adapters);
+  `model.safetensors` holds the projector. Nothing outside the directory is read.
 - **The authors' release** (`dyva/DyVA-WorldLM` on the hub, or a local copy of it): `<model_id>/config.json` and
   `<model_id>/checkpoints/latest-checkpoint.pt`, a torch file `{"model": {"projector": ..., "llm_backbone": ...}}`
   read with `weights_only=True`; projector keys may carry torch.compile's `_orig_mod.` prefix. Their generative
@@ -28,7 +32,7 @@ import draccus
 import torch
 from safetensors.torch import load_file
 
-from prismatic.assembly import build_vlm
+from prismatic.assembly import build_vlm, lora_settings, set_trainable
 from prismatic.conf.models import (
     DEFAULT_MODEL_TYPE,
     MODEL_CONFIGS,
@@ -37,6 +41,7 @@ from prismatic.conf.models import (
     get_model_config,
 )
 from prismatic.models.backbones.vision.registry import VIDEO_KINDS, VISION_BACKBONES, resolve_vision_backbone_id
+from prismatic.models.lora import LORA_PARTS, attach_adapter, part_modules
 from prismatic.models.projectors import strip_compiled_prefix
 from prismatic.models.stages import Stage, parse_stage
 from prismatic.models.vlms.prismatic import PrismaticVLM
@@ -48,6 +53,7 @@ RELEASE_REPO_ID = "dyva/DyVA-WorldLM"
 RELEASE_CHECKPOINT = "checkpoints/latest-checkpoint.pt"
 RUN_CONFIG, RUN_WEIGHTS = "config.json", "model.safetensors"
 RELEASE_SVD_VARIANT = "fp16"  # the released code loaded SVD with variant="fp16"
+EXPORT_MANIFEST = "export.json"  # marks an exported directory (prismatic/export/)
 
 
 @dataclass(frozen=True)
@@ -209,6 +215,8 @@ def load(
                             video_prompt_embeds)  # fmt: skip
     path = Path(model_id_or_path)
     if path.is_dir():
+        if (path / EXPORT_MANIFEST).is_file():
+            return _load_export(path, hf_token, sources)
         if (path / RUN_WEIGHTS).exists() or not (path / RELEASE_CHECKPOINT).exists():
             return _load_run(path, hf_token, sources)
         return _load_release(path / RUN_CONFIG, path / RELEASE_CHECKPOINT, hf_token, sources)
@@ -245,25 +253,92 @@ def _load_run(run_dir: Path, hf_token: str | None, sources: WeightSources) -> Pr
             f"Run directory {run_dir} is missing {missing}: load() needs {RUN_CONFIG} and {RUN_WEIGHTS}, which "
             "scripts/pretrain.py writes when training finishes (resume an unfinished run with --resume auto)."
         )
+    config, model_cfg = _run_config(run_dir)
+    sources.apply(model_cfg)
+    weights = load_file(run_dir / RUN_WEIGHTS)
+    # An align-stage export holds the projector only: the LLM then needs its pretrained weights. So does a LoRA run's,
+    # whose LLM tensors are its adapters: the base LLM comes from the source its config names.
+    llm_in_checkpoint = any(k.startswith("llm_backbone.") for k in weights) and not lora_settings(model_cfg).enabled
+    # The stage the run trained says which weights its export holds (configs without one: guess from the keys).
+    stage = parse_stage(config.get("stage") or (Stage.FINETUNE if llm_in_checkpoint else Stage.ALIGN))
+    vlm = build_vlm(model_cfg, hf_token=hf_token, llm_weights=not llm_in_checkpoint)
+    _load_state(vlm, weights, run_dir / RUN_WEIGHTS, model_cfg, stage, llm_in_checkpoint)
+    return vlm
+
+
+def _run_config(run_dir: Path) -> tuple[dict, ModelConfig]:
+    """A run directory's (or export's) config.json and the model config `load` builds from (sources not applied)."""
     config = json.loads((run_dir / RUN_CONFIG).read_text())
     model_cfg = draccus.decode(ModelConfig, config["model"])
     if config.get("num_frames"):  # the frame slots the run trained with (pretrain.py writes both; this one wins)
         model_cfg.svd_num_frames = int(config["num_frames"])
-    sources.apply(model_cfg)
-    weights = load_file(run_dir / RUN_WEIGHTS)
-    # An align-stage export holds the projector only: the LLM then needs its pretrained weights.
-    llm_in_checkpoint = any(k.startswith("llm_backbone.") for k in weights)
-    # The stage the run trained says which weights its export holds (configs without one: guess from the keys).
-    stage = parse_stage(config.get("stage") or (Stage.FINETUNE if llm_in_checkpoint else Stage.ALIGN))
-    vlm = build_vlm(model_cfg, hf_token=hf_token, llm_weights=not llm_in_checkpoint)
-    _load_state(vlm, weights, run_dir / RUN_WEIGHTS, model_cfg.trainable_stage(stage), llm_in_checkpoint)
-    return vlm
+    return config, model_cfg
+
+
+def model_config_of(path: str | Path) -> tuple[ModelConfig, dict | None]:
+    """The model config `load(path)` builds from (weight sources given to `load` not applied; an export's own
+    subdirectories are) and, for a run or an export, its config.json; for the authors' release layout, None."""
+    path = Path(path)
+    if (path / RELEASE_CHECKPOINT).exists() and not (path / RUN_WEIGHTS).exists():
+        return _release_model_config(path / RUN_CONFIG), None
+    config, model_cfg = _run_config(path)
+    if (path / EXPORT_MANIFEST).is_file():
+        for name, source in _export_sources(path).items():
+            setattr(model_cfg, name, str(source))
+    return model_cfg, config
+
+
+def _export_sources(out: Path) -> dict[str, Path]:
+    """The sources an export's manifest names (WeightSources fields -> its subdirectories)."""
+    relative = json.loads((out / EXPORT_MANIFEST).read_text()).get("sources", {})
+    unknown = sorted(set(relative) - set(WeightSources.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"{out / EXPORT_MANIFEST} names unknown sources {unknown}; re-export the model.")
+    return {name: out / folder for name, folder in relative.items()}
+
+
+# === Exports (prismatic/export/): every source in the directory itself ===
+def _load_export(out: Path, hf_token: str | None, sources: WeightSources) -> PrismaticVLM:
+    """An exported directory: the model built from the subdirectories its manifest names (sources given to `load`
+    still win), the projector from model.safetensors, then each peft adapter directory injected."""
+    manifest = json.loads((out / EXPORT_MANIFEST).read_text())
+    _, model_cfg = _run_config(out)
+    local = _export_sources(out)
+    given = {name: getattr(sources, name) for name in local if getattr(sources, name) is not None}
+    replace(sources, **{**local, **given}).apply(model_cfg)
+    adapters = {part: out / relative for part, relative in manifest.get("adapters", {}).items()}
+    unknown = sorted(set(adapters) - set(LORA_PARTS))
+    if unknown:
+        raise ValueError(f"{out / EXPORT_MANIFEST} names adapters for unknown parts {unknown}; re-export the model.")
+    # Built without adapters (they come from their directories below); the projector is what model.safetensors holds.
+    base_cfg = replace(model_cfg, lora_rank=0, lora_vision=False, lora_unet=False)
+    vlm = build_vlm(base_cfg, hf_token=hf_token)
+    weights = load_file(out / RUN_WEIGHTS)
+    _load_state(vlm, weights, out / RUN_WEIGHTS, base_cfg, Stage.ALIGN, llm_in_checkpoint=False)
+    modules = part_modules(vlm, adapters)
+    for part, adapter_dir in adapters.items():
+        attach_adapter(modules[part], adapter_dir)
+    vlm.requires_grad_(False)
+    return vlm.eval()
 
 
 # === The authors' release layout ===
 def _load_release(
     config_file: Path, checkpoint_file: Path, hf_token: str | None, sources: WeightSources
 ) -> PrismaticVLM:
+    model_cfg = _release_model_config(config_file)
+    sources.apply(model_cfg)
+    vlm = build_vlm(model_cfg, hf_token=hf_token, llm_weights=False)
+    checkpoint = _load_tensor_checkpoint(checkpoint_file)["model"]  # weights_only: refused, never run, if not tensors
+    state = {f"projector.{k}": v for k, v in strip_compiled_prefix(checkpoint["projector"]).items()}
+    state |= {f"llm_backbone.{k}": v for k, v in checkpoint["llm_backbone"].items()}
+    # The released runs finetuned the projector and the LLM (the model's finetune set).
+    _load_state(vlm, state, checkpoint_file, model_cfg, Stage.FINETUNE, llm_in_checkpoint=True)
+    return vlm
+
+
+def _release_model_config(config_file: Path) -> ModelConfig:
+    """Our model config for a released folder's config.json."""
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file} not found: the release layout has <model_id>/{RUN_CONFIG}.")
     released = json.loads(config_file.read_text())["model"]
@@ -279,14 +354,7 @@ def _load_release(
             setattr(model_cfg, key, released[key])
     model_cfg.svd_num_frames = 8  # the released code always ran T = 8 (it ignored num_frames for dyva_* backbones)
     model_cfg.svd_variant = RELEASE_SVD_VARIANT
-    sources.apply(model_cfg)
-    vlm = build_vlm(model_cfg, hf_token=hf_token, llm_weights=False)
-    checkpoint = _load_tensor_checkpoint(checkpoint_file)["model"]  # weights_only: refused, never run, if not tensors
-    state = {f"projector.{k}": v for k, v in strip_compiled_prefix(checkpoint["projector"]).items()}
-    state |= {f"llm_backbone.{k}": v for k, v in checkpoint["llm_backbone"].items()}
-    # The released runs finetuned the projector and the LLM (the model's finetune set).
-    _load_state(vlm, state, checkpoint_file, model_cfg.trainable_stage(Stage.FINETUNE), llm_in_checkpoint=True)
-    return vlm
+    return model_cfg
 
 
 def _load_tensor_checkpoint(checkpoint_file: Path) -> dict:
@@ -311,12 +379,15 @@ def _load_tensor_checkpoint(checkpoint_file: Path) -> dict:
     return checkpoint
 
 
-def _required_parameters(vlm: PrismaticVLM, trained: Stage, llm_in_checkpoint: bool) -> list[tuple[str, ...]]:
+def _required_parameters(
+    vlm: PrismaticVLM, model_cfg: ModelConfig, stage: Stage, llm_in_checkpoint: bool
+) -> list[tuple[str, ...]]:
     """Each parameter the checkpoint must fill, as all the names it goes by (tied weights have several, and a
-    checkpoint may hold any one of them): what `trained` trains, and the whole LLM when it was built architecture-only
-    for the checkpoint to fill. Frozen encoders come from their own sources."""
+    checkpoint may hold any one of them): what `stage` trains (with LoRA: the adapters, not their base weights), and
+    the whole LLM when it was built architecture-only for the checkpoint to fill. Frozen encoders come from their own
+    sources."""
     try:
-        vlm.freeze_backbones(trained)  # the one definition of what a stage trains
+        set_trainable(vlm, model_cfg, stage)  # the one definition of what a stage trains
         if llm_in_checkpoint:
             vlm.llm_backbone.requires_grad_(True)
         names: dict[int, list[str]] = {}
@@ -329,7 +400,12 @@ def _required_parameters(vlm: PrismaticVLM, trained: Stage, llm_in_checkpoint: b
 
 
 def _load_state(
-    vlm: PrismaticVLM, state: dict[str, torch.Tensor], source: Path, trained: Stage, llm_in_checkpoint: bool
+    vlm: PrismaticVLM,
+    state: dict[str, torch.Tensor],
+    source: Path,
+    model_cfg: ModelConfig,
+    stage: Stage,
+    llm_in_checkpoint: bool,
 ) -> None:
     """Copy checkpoint tensors into the model: any unknown key or shape mismatch means another model's checkpoint, and
     a parameter the checkpoint should fill but does not (see `_required_parameters`) an incomplete one."""
@@ -346,7 +422,8 @@ def _load_state(
             f"{vlm.vision_backbone.identifier} + {vlm.arch_specifier} + {vlm.llm_backbone.identifier}): "
             f"{'; '.join(d for d in details if d)}. Check that the config and the weights belong together."
         )
-    required = _required_parameters(vlm, trained, llm_in_checkpoint)
+    trained = model_cfg.trainable_stage(stage)
+    required = _required_parameters(vlm, model_cfg, trained, llm_in_checkpoint)
     missing = [names[0] for names in required if not any(name in state for name in names)]
     if missing:
         raise ValueError(

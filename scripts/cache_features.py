@@ -5,7 +5,9 @@ Run the frozen vision encoders (static patch tokens, SVD features; each stream o
 their outputs in a memory-mapped cache, so training never runs them again (`scripts/pretrain.py --feature_cache_dir`).
 Takes every flag of `pretrain.py` (the same model, dataset, stage and precision flags decide which encoder computes
 what; a training YAML works as is with `--config_path`), plus the cache options below. Shards the images over
-torchrun ranks; rerunning after an interruption (or on a grown dataset) encodes only what is missing.
+torchrun ranks; rerunning after an interruption (or on a grown dataset) encodes only what is missing. SIGTERM /
+SIGUSR1 (a scheduler's preemption notice) commit what was encoded and exit with `--preemption_exit_code`; `--verify`
+checks every stored entry's checksum first and rebuilds damaged chunks (docs/reliability.md).
 
     torchrun --nproc-per-node 8 scripts/cache_features.py --config_path configs/dyva-7b.yaml \
       --feature_cache_dir cache/dyva-7b
@@ -39,6 +41,7 @@ from prismatic.preprocessing.records import load_records
 from prismatic.training.rng import seed_everything
 from prismatic.util.cli import run_cli, user_errors
 from prismatic.util.distributed import init_distributed, shutdown_distributed
+from prismatic.util.preemption import Preemption
 
 overwatch = initialize_overwatch(__name__)
 
@@ -52,6 +55,7 @@ class CacheFeaturesConfig(PretrainConfig):
     storage_dtype: StorageDtype = "auto"            # auto: the encoder's compute dtype (exact); float32/bfloat16/float16
     chunk_size: int = 256                           # entries per chunk file (the most an interruption can lose)
     log_every_s: float = 30.0                       # progress line interval
+    verify: bool = False                            # check every stored entry first; rebuild the damaged chunks
     # fmt: on
 
 
@@ -76,10 +80,16 @@ def validate(cfg: CacheFeaturesConfig) -> None:
 def cache_features(cfg: CacheFeaturesConfig) -> BuildReport:
     """Build (or complete) the cache for `cfg`'s model, stage and dataset; returns this rank's report. The flags, the
     weight sources and the dataset file are checked inside `user_errors()` (a UserError, a ValueError, names the fix);
-    the encoding loop is not."""
+    the encoding loop is not. A preemption signal commits what was encoded and exits (`--preemption_exit_code`)."""
     with user_errors():
         cfg.resolve()
         validate(cfg)
+        preemption = Preemption(cfg.preemption_signals, cfg.preemption_exit_code)
+    with preemption:
+        return build(cfg, preemption)
+
+
+def build(cfg: CacheFeaturesConfig, preemption: Preemption) -> BuildReport:
     ctx = init_distributed()
     with user_errors():
         cfg.prepare_dataset(ctx)  # e.g. the demo world, generated on first use
@@ -101,10 +111,10 @@ def cache_features(cfg: CacheFeaturesConfig) -> BuildReport:
     if cfg.model.encoder_batching != "per-sample":
         overwatch.warning("--model.encoder_batching batched: live misses will match cached features up to rounding only")
 
-    options = BuildOptions(cfg.storage_dtype, cfg.chunk_size, cfg.num_workers, cfg.log_every_s)
+    options = BuildOptions(cfg.storage_dtype, cfg.chunk_size, cfg.num_workers, cfg.log_every_s, cfg.verify)
     streams = list(cfg.streams) if cfg.streams is not None else None
     report = build_feature_cache(items, image_dir, backbone.get_image_transform(), backbone,
-                                 Path(cfg.feature_cache_dir), ctx, streams, options)  # fmt: skip
+                                 Path(cfg.feature_cache_dir), ctx, streams, options, preemption)  # fmt: skip
     shutdown_distributed()
     return report
 

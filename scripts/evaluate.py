@@ -9,7 +9,8 @@ first-token probability scoring for closed-form tasks, official answer normalisa
 --model is a run directory, a released-layout directory or a released model id (`prismatic.load`). Results go to
 `<results_dir>/<name>-<weights sha256[:12]>/<benchmark>/` (predictions.jsonl, results.json) and `results.md` beside
 them, with the paper's numbers for released ids. A killed run resumes where it stopped when started again with the
-same arguments; under torchrun the batches are spread over the processes (results equal to one process).
+same arguments; under torchrun the batches are spread over the processes (results equal to one process). SIGTERM /
+SIGUSR1 (a scheduler's preemption notice) save the batch in progress and exit with `--preemption_exit_code`.
 docs/evaluation.md has the protocol per benchmark and the Table 2 recipe.
 
 A user error (an unknown benchmark, a missing model or metadata file) prints `error: <message>` and exits with status
@@ -49,6 +50,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: bfloat16 on GPU (the protocol), "
                                                                         "float32 on CPU")  # fmt: skip
     parser.add_argument("--hf_token", default=None, help="token for gated hub weights (or set HF_TOKEN)")
+    parser.add_argument("--preemption_signals", default="SIGTERM,SIGUSR1",
+                        help="comma-separated signals that stop the run after the batch in progress, saved "
+                             "('' = the default signal actions)")  # fmt: skip
+    parser.add_argument("--preemption_exit_code", type=int, default=0, help="exit status after such a stop")
     sources = parser.add_argument_group("local copies of what the checkpoint does not hold (prismatic.load)")
     for name in LOAD_SOURCES:
         sources.add_argument(f"--{name}", default=None)
@@ -117,7 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     """Evaluate (or, with --rescore, re-score) and return 0. The flags, the benchmarks' metadata and the model are
     resolved inside `user_errors()` (a UserError names the fix); the evaluation itself is not."""
     args = parse_args(argv)  # argparse reports its own usage errors (status 2)
-    from prismatic.eval.harness import evaluate_benchmark
     from prismatic.eval.registry import get_benchmark, parse_benchmarks
     from prismatic.eval.runner import RunOptions
 
@@ -130,12 +134,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Rescored {', '.join(names)}; tables in {folder / 'results.md'}")
         return 0
 
-    from prismatic.util.distributed import init_distributed
+    from prismatic.util.preemption import Preemption
 
     options = RunOptions(args.batch_size, args.keyframe_policy, args.max_new_tokens)
     with user_errors():
         for benchmark in benchmarks:  # fail on a missing metadata file before loading a 7B model
             benchmark.load_records(args.data_root)
+        signals = [name.strip() for name in args.preemption_signals.split(",") if name.strip()]
+        preemption = Preemption(signals, args.preemption_exit_code)
+    with preemption:
+        return evaluate_all(args, benchmarks, options, preemption, log)
+
+
+def evaluate_all(
+    args: argparse.Namespace, benchmarks: list[Any], options: Any, preemption: Any, log: Callable[[str], None]
+) -> int:
+    """Load the model once and evaluate each benchmark (resuming what earlier runs saved)."""
+    from prismatic.eval.harness import evaluate_benchmark
+    from prismatic.util.distributed import init_distributed
+
     ctx = init_distributed()
     device = str(ctx.device) if args.device == "auto" and ctx.world_size > 1 else args.device
     with user_errors():
@@ -143,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         sources = {name: getattr(args, name) for name in LOAD_SOURCES if getattr(args, name) is not None}
         vlm = load_model(args.model, args.hf_token, device, args.dtype, sources)
     for benchmark in benchmarks:
-        evaluate_benchmark(vlm, fingerprint, benchmark, args.data_root, args.results_dir, ctx, options, log)
+        evaluate_benchmark(vlm, fingerprint, benchmark, args.data_root, args.results_dir, ctx, options, log, preemption)
     if ctx.is_rank_zero:
         print(f"Results in {args.results_dir / fingerprint.tag} (results.md: the tables)")
     return 0

@@ -24,10 +24,13 @@ same model and dataset flags; samples it lacks are encoded live, and the losses 
 A user error (a bad flag value, a missing dataset file, a bad `--resume`, bad samples under `--on_bad_sample error`)
 prints `error: <message>` and exits with status 2; `--debug` or `DYVA_DEBUG=1` shows its traceback
 (`prismatic/util/cli.py`). The steps that read what the user supplied run inside `user_errors()`; training does not.
+SIGTERM / SIGUSR1 (a scheduler's preemption notice) finish the step, checkpoint, flush the metrics and exit with
+`--preemption_exit_code` (0); `--resume auto` continues bit-exactly (docs/reliability.md).
 """
 
 import os
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,6 +57,7 @@ from prismatic.training.throughput import ThroughputMeter
 from prismatic.training.trainer import Trainer, plan_training
 from prismatic.util.cli import run_cli, user_errors
 from prismatic.util.distributed import DistributedContext, init_distributed, shutdown_distributed
+from prismatic.util.preemption import Preempted, Preemption
 
 if TYPE_CHECKING:
     from prismatic.models.vlms.prismatic import PrismaticVLM
@@ -62,8 +66,22 @@ overwatch = initialize_overwatch(__name__)
 
 
 def pretrain(cfg: PretrainConfig) -> Path:
-    """Run one training stage; returns the run directory. What the user supplied (flags, files, data, checkpoints)
-    is checked inside `user_errors()`, so its problems raise a UserError (a ValueError) naming the fix."""
+    """Run one training stage; returns the run directory. A preemption signal (`--preemption_signals`) received at any
+    point stops it after the current step with a checkpoint (Trainer raises `Preempted`, which `run_cli` turns into
+    `--preemption_exit_code`)."""
+    with user_errors():
+        preemption = Preemption(cfg.preemption_signals, cfg.preemption_exit_code)
+    with preemption:
+        try:
+            return train_stage(cfg, preemption)
+        except Preempted:
+            shutdown_distributed()  # the checkpoint is written; leave the process group cleanly
+            raise
+
+
+def train_stage(cfg: PretrainConfig, preemption: Preemption) -> Path:
+    """The stage itself. What the user supplied (flags, files, data, checkpoints) is checked inside `user_errors()`,
+    so its problems raise a UserError (a ValueError) naming the fix."""
     # === Config: resolved and validated before anything is built (the world size comes from torchrun's env) ===
     with user_errors():
         cfg.resolve()
@@ -125,8 +143,11 @@ def pretrain(cfg: PretrainConfig) -> Path:
         plan = plan_training(optimization, sampler.steps_per_epoch, ctx.world_size)
 
     # === Strategy (wraps the model, builds the optimizer), then resume ===
-    strategy = get_train_strategy(optimization.train_strategy, vlm, ctx, optimization, cfg.model.precision,
-                                  cfg.model.enable_gradient_checkpointing, plan.total_steps)  # fmt: skip
+    model = cfg.model
+    strategy = get_train_strategy(optimization.train_strategy, vlm, ctx, optimization, model.precision,
+                                  model.enable_gradient_checkpointing, plan.total_steps,
+                                  checkpoint_every=model.gradient_checkpointing_every, loss_kernel=model.loss_kernel,
+                                  loss_chunk_rows=model.loss_chunk_rows)  # fmt: skip
     strategy.setup()
     start_step = 0
     if resume_from is not None:
@@ -140,7 +161,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     throughput = ThroughputMeter(vlm, ctx.device, peak_flops=cfg.peak_flops)
     trainer = Trainer(strategy, dataset, collator, sampler, plan, checkpoints, metrics, ctx, cfg.seed,
                       cfg.save_interval, cfg.stop_after_step, cfg.num_workers, throughput,
-                      held_out_evaluation(cfg, vlm, ctx), cfg.eval_every, cfg.max_consecutive_skips)  # fmt: skip
+                      held_out_evaluation(cfg, vlm, ctx), cfg.eval_every, cfg.max_consecutive_skips, preemption,
+                      timedelta(seconds=cfg.collective_timeout_s))  # fmt: skip
     step, finished = trainer.run(start_step)
 
     # === Export ===

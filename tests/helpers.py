@@ -123,3 +123,15 @@ def metric(run_dir: Path, key: str = "loss") -> list[float]:
 
 def losses(run_dir: Path) -> list[float]:
     return metric(run_dir, "loss")
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of `pid` (Linux /proc): e.g. torchrun's workers, which run in process groups of their own."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found

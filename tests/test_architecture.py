@@ -34,7 +34,13 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     # World-model training (the generative encoder's video model): data, objective; used by its script, not by the VLM.
     "prismatic.world_model": ("prismatic.conf", "prismatic.eval", "prismatic.loader", "prismatic.assembly",
                               "prismatic.demo"),
+    # The top: exporting (scripts/export.py) over the Hugging Face formats over the loader; nothing imports them back.
+    "prismatic.hf": ("prismatic.export", "prismatic.eval", "prismatic.demo", "prismatic.world_model"),
+    "prismatic.export": ("prismatic.eval", "prismatic.demo", "prismatic.world_model"),
 }  # fmt: skip
+for _lower in ("prismatic.util", "prismatic.overwatch", "prismatic.models", "prismatic.preprocessing",
+               "prismatic.training", "prismatic.eval", "prismatic.conf", "prismatic.world_model", "prismatic.demo"):
+    FORBIDDEN[_lower] += ("prismatic.export", "prismatic.hf")
 
 
 def module_name(path: Path) -> str:
@@ -119,7 +125,8 @@ CHEAP = [
     ["-c", "import prismatic"],
     ["-c", "import prismatic.overwatch, prismatic.conf.pretrain"],
     *[[str(REPO / "scripts" / f"{script}.py"), "--help"]
-      for script in ("pretrain", "cache_features", "preprocess", "evaluate", "generate", "demo", "train_world_model")],
+      for script in ("pretrain", "cache_features", "preprocess", "evaluate", "generate", "demo", "train_world_model",
+                     "export")],
     [str(REPO / "infer.py"), "--help"],
 ]  # fmt: skip
 

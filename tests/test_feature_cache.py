@@ -112,7 +112,7 @@ def cache_contents(root: Path) -> dict[tuple[str, str], bytes]:
     for index_file in root.glob("*/chunk-*.json"):
         chunk = json.loads(index_file.read_text())
         data = (index_file.parent / chunk["file"]).read_bytes()
-        for key, offset, shape, dtype in chunk["entries"]:
+        for key, offset, shape, dtype, *_ in chunk["entries"]:
             size = int(np.prod(shape)) * {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
             contents[(index_file.parent.name, key)] = data[offset : offset + size]
     return contents

@@ -38,6 +38,7 @@ from prismatic.models.backbones.vision.svd_config import (
     TINY_SVD_CONFIG,
     FeatureTap,
     KeyframePlacement,
+    NoiseDevice,
     SVDEncoderConfig,
     SVDMode,
 )
@@ -47,6 +48,7 @@ from prismatic.models.backbones.vision.video_config import (
     VideoMode,
     VideoQuery,
 )
+from prismatic.models.losses import DEFAULT_CHUNK_ROWS, LossKernel
 from prismatic.models.projectors import ArchSpecifier
 from prismatic.models.registry import MODEL_ALIASES, MODEL_REGISTRY, ModelSpec
 from prismatic.models.stages import Stage
@@ -135,6 +137,16 @@ class ModelConfig(ChoiceRegistry):
     finetune_warmup_ratio: float = 0.03
     finetune_train_strategy: TrainStrategy = "fsdp-full-shard"
 
+    # === LoRA (peft; prismatic/models/lora.py, docs/finetuning.md); rank 0 = off, full fine-tuning ===
+    # With a rank > 0 the stage's LLM trains low-rank adapters only (the projector still trains fully).
+    lora_rank: int = 0
+    lora_alpha: int = 16  # adapter scale alpha / rank
+    lora_dropout: float = 0.0
+    # LLM modules to adapt (peft `target_modules`); None = every attention and MLP projection of the LLM's family
+    lora_target_modules: tuple[str, ...] | None = None
+    lora_vision: bool = False  # also adapt the static encoder's attention (it then trains: no feature cache)
+    lora_unet: bool = False  # U-Net stages (finetune-unet*): adapt the U-Net's attention instead of training it all
+
     # === Compute and precision ===
     enable_gradient_checkpointing: bool = True  # on the LLM decoder layers
     enable_mixed_precision_training: bool = True  # bf16 compute, fp32 master weights
@@ -143,6 +155,20 @@ class ModelConfig(ChoiceRegistry):
     # Frozen encoders: "per-sample" (features independent of the batch, so the feature cache is exact) or "batched"
     # (one encoder call per micro-batch; may be faster on GPU, equal to cached features up to float rounding only).
     encoder_batching: EncoderBatching = "per-sample"
+
+    # === Performance levers (docs/performance.md); each default computes exactly what training always computed ===
+    # Selective activation checkpointing: with enable_gradient_checkpointing, checkpoint one LLM decoder layer in
+    # every `gradient_checkpointing_every` (1 = all of them; 2 = half, about half the activation memory saved and half
+    # the recomputation). Pick the smallest value whose step fits the memory budget (docs/performance.md says how).
+    gradient_checkpointing_every: int = 1
+    # The loss at label positions: "plain" (their full-vocabulary logits, then cross-entropy), "chunked" (pure
+    # PyTorch, `loss_chunk_rows` rows of logits at a time; exact to float rounding), "liger" (liger-kernel's fused
+    # kernel, `pip install -e '.[gpu]'`, CUDA; falls back to plain with a warning where it cannot run).
+    loss_kernel: LossKernel = "plain"
+    loss_chunk_rows: int = DEFAULT_CHUNK_ROWS
+    # Where the SVD encoder draws its per-sample content-seeded noise: "cpu" (the existing cache entries) or "device"
+    # (on the encoder's device: no CPU draws; other random streams, hence another feature-cache fingerprint).
+    svd_noise_device: NoiseDevice = "cpu"
 
     @classmethod
     def default_choice_name(cls) -> str | None:
@@ -187,6 +213,7 @@ class ModelConfig(ChoiceRegistry):
             placement=self.svd_placement,
             tap=self.svd_tap,
             feature_noise=self.svd_feature_noise,
+            noise_device=self.svd_noise_device,
         )
 
     def video_encoder_config(self) -> VideoEncoderConfig:
@@ -213,6 +240,10 @@ class ModelConfig(ChoiceRegistry):
         _check_choice("svd_mode", self.svd_mode, list(get_args(SVDMode)))
         _check_choice("svd_tap", self.svd_tap, list(get_args(FeatureTap)))
         _check_choice("encoder_batching", self.encoder_batching, list(ENCODER_BATCHINGS))
+        _check_choice("loss_kernel", self.loss_kernel, list(get_args(LossKernel)))
+        _check_choice("svd_noise_device", self.svd_noise_device, list(get_args(NoiseDevice)))
+        _check_positive("gradient_checkpointing_every", self.gradient_checkpointing_every)
+        _check_positive("loss_chunk_rows", self.loss_chunk_rows)
         self._validate_tiny_svd()
         self._validate_video()
         if self.svd_placement is not None:

@@ -20,6 +20,7 @@ from prismatic.training.metrics import TRACKERS
 from prismatic.training.options import StageOptimization
 from prismatic.training.run_setup import check_hf_token_reference, default_run_id
 from prismatic.util.distributed import DistributedContext
+from prismatic.util.preemption import Preemption
 
 
 @dataclass
@@ -56,6 +57,14 @@ class PretrainConfig:
     # Divergence: a step with a non-finite gradient norm is skipped (no update; metrics: skipped, skipped_total); this
     # many skipped steps in a row stop the run with TrainingDiverged, saving nothing after the last good checkpoint
     max_consecutive_skips: int = 10
+
+    # Preemption (docs/reliability.md): on one of these signals (Slurm --signal, a spot notice, torchrun
+    # --signals-to-handle forwarding it) the step finishes, a checkpoint is written, metrics are flushed and the
+    # process exits with preemption_exit_code (e.g. a status your job script requeues on); [] = the default actions
+    preemption_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")
+    preemption_exit_code: int = 0
+    # Once training runs, a collective waiting longer than this for a stuck or dead rank fails (setup: 60 min)
+    collective_timeout_s: float = 600.0
 
     # Data
     on_bad_sample: BadSamplePolicy = "error"        # error: stop before training, naming the files; skip: drop + log
@@ -117,6 +126,9 @@ class PretrainConfig:
                 raise ValueError(f"--{name} must be a positive integer (or null), got {value}.")
         if self.keep_last < 1 or self.num_workers < 0:
             raise ValueError("--keep_last must be >= 1 and --num_workers >= 0.")
+        Preemption(self.preemption_signals, self.preemption_exit_code)  # names and status checked, nothing installed
+        if self.collective_timeout_s <= 0:
+            raise ValueError(f"--collective_timeout_s must be positive (seconds), got {self.collective_timeout_s}.")
         if self.peak_flops is not None and self.peak_flops <= 0:
             raise ValueError(f"--peak_flops is the device's peak FLOP/s (e.g. 989e12), got {self.peak_flops}.")
         self._validate_stage()

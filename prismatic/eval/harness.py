@@ -35,6 +35,7 @@ from prismatic.eval.runner import (
 from prismatic.eval.slim import slim_ids
 from prismatic.util.distributed import DistributedContext
 from prismatic.util.io import write_json_atomic
+from prismatic.util.preemption import Preemption
 
 if TYPE_CHECKING:
     from prismatic.models.vlms.prismatic import PrismaticVLM
@@ -82,8 +83,10 @@ def evaluate_benchmark(
     ctx: DistributedContext,
     options: RunOptions,
     log: Log = print,
+    preemption: Preemption | None = None,
 ) -> dict[str, float] | None:
-    """Answer (resuming), score and write the results; rank 0 returns the metrics, other ranks None."""
+    """Answer (resuming), score and write the results; rank 0 returns the metrics, other ranks None. A preemption
+    signal stops it after the batch in progress, saved (`Preempted`)."""
     records = benchmark.load_records(data_root)
     items = benchmark.items(records)
     model_folder = Path(results_dir) / fingerprint.tag
@@ -101,7 +104,7 @@ def evaluate_benchmark(
                 f"policy {options.keyframe_policy!r} picks which to keep")  # fmt: skip
     ctx.barrier()
     max_new_tokens = options.max_new_tokens or benchmark.max_new_tokens
-    predictions = run_items(vlm, items, data_root, folder, ctx, options, max_new_tokens, log)
+    predictions = run_items(vlm, items, data_root, folder, ctx, options, max_new_tokens, log, preemption)
     if predictions is None:
         return None
     return score_folder(benchmark, records, predictions, folder, log)

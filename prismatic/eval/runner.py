@@ -5,7 +5,8 @@ the same items whatever the number of processes or however often the run was int
 probabilities) are the ones a single uninterrupted process computes. Each rank appends its batches' answers to
 `predictions.rank<r>.jsonl` and flushes them per batch; a restarted run (any world size) reads every prediction file
 in the folder, skips batches whose items are all answered, and recomputes the rest. When all are done, rank 0 merges
-them into `predictions.jsonl` (metadata order) and removes the per-rank files.
+them into `predictions.jsonl` (metadata order) and removes the per-rank files. On a preemption signal
+(`prismatic.util.preemption`) each rank finishes and saves the batch it is answering and raises `Preempted`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from prismatic.eval.predict import (
 )
 from prismatic.util.distributed import DistributedContext
 from prismatic.util.io import write_text_atomic
+from prismatic.util.preemption import Preemption
 
 if TYPE_CHECKING:
     from prismatic.models.vlms.prismatic import PrismaticVLM
@@ -141,6 +143,7 @@ def run_items(
     options: RunOptions,
     max_new_tokens: int,
     log: Callable[[str], None] = print,
+    preemption: Preemption | None = None,
 ) -> dict[str, Prediction] | None:
     """Answer every item not yet saved in `folder`; rank 0 returns all predictions (item order), other ranks None."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -166,6 +169,9 @@ def run_items(
                 rate = sum(len(batches[x]) for x in mine[:done]) / max(elapsed, 1e-9)
                 log(f"[evaluate] rank {ctx.rank}: {done}/{len(mine)} batches ({rate:.2f} items/s)")
                 last_log = elapsed
+            if preemption is not None and preemption.requested and done < len(mine):
+                raise preemption.stop(f"rank {ctx.rank} saved {done} of its {len(mine)} batches to {path}; the same "
+                                      "command answers the rest")  # fmt: skip
     ctx.barrier()
     predictions = merge_predictions(folder, items) if ctx.is_rank_zero else None
     ctx.barrier()

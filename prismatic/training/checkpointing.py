@@ -5,11 +5,17 @@ Layout of `<run_dir>/checkpoints/step-000500/`:
   parameters are rebuilt from their sources and never saved. Only tensors go through DCP (its non-tensor entries
   would be pickled).
 - `rng/rank-00000.json` ...: every rank's python / numpy / torch RNG states.
-- `trainer_state.json` (written last): step, epoch, scheduler, sampler position, world size, trainable names.
+- `trainer_state.json`: step, epoch, scheduler, sampler position, world size, trainable names.
+- `checksums/`: size and SHA-256 of every file above (`prismatic/training/integrity.py`), written with it.
 
 A checkpoint is written under `.tmp-step-000500/` and renamed only once complete, so a crash leaves a `.tmp-*`
 directory that resuming ignores (with a warning); the `keep_last` newest complete checkpoints are kept. At the end of
 training, `export_weights` writes the trainable weights, unsharded, to `<run_dir>/model.safetensors`.
+
+Damage after the fact (a truncated or altered file) is found by the checksums before anything is loaded: `--resume
+auto` (or a run directory) skips a damaged checkpoint, naming its bad files, and resumes from the newest intact one;
+an explicitly named damaged checkpoint is refused. A save that fails (disk full, an I/O error) removes its partial
+directory and stops the run with `CheckpointSaveError`, leaving the earlier checkpoints as they were.
 
 Nothing from a checkpoint can run code on load: JSON, safetensors, and DCP tensors (which DCP reads with
 `torch.load(weights_only=True)`). DCP's own `.metadata` index is a pickle that DCP reads with a plain `pickle.load`,
@@ -24,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pickle
 import re
 import shutil
 import warnings
@@ -33,10 +38,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 import torch.distributed.checkpoint as dcp
-import torch.distributed.checkpoint.metadata as dcp_metadata
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -45,8 +49,11 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from prismatic.overwatch import initialize_overwatch
+from prismatic.training import integrity
+from prismatic.training.integrity import DCP_METADATA_FILE, check_dcp_metadata
 from prismatic.training.rng import capture_rng_state, restore_rng_state
 from prismatic.training.strategies.base import TrainingStrategy
+from prismatic.util.cli import UserError
 from prismatic.util.distributed import DistributedContext
 from prismatic.util.io import write_json_atomic
 
@@ -58,7 +65,6 @@ overwatch = initialize_overwatch(__name__)
 CHECKPOINTS_DIR = "checkpoints"
 TRAINER_STATE_FILE = "trainer_state.json"
 RNG_DIR = "rng"
-DCP_METADATA_FILE = ".metadata"
 EXPORTED_WEIGHTS_FILE = "model.safetensors"
 TMP_PREFIX = ".tmp-"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -82,69 +88,29 @@ def step_dir_name(step: int) -> str:
     return f"step-{step:06d}"
 
 
+class CheckpointSaveError(UserError):
+    """Writing a checkpoint failed (disk full, an I/O error); the earlier checkpoints are untouched."""
+
+
 def missing_parts(checkpoint: Path) -> list[str]:
-    """What a checkpoint directory lacks to be complete (empty = complete)."""
+    """What a checkpoint directory lacks to be complete (empty = complete); an unreadable trainer state counts."""
     missing = [name for name in (DCP_METADATA_FILE, TRAINER_STATE_FILE) if not (checkpoint / name).is_file()]
-    if not missing:
-        world_size = json.loads((checkpoint / TRAINER_STATE_FILE).read_text()).get("world_size", 1)
-        missing += [
-            f"{RNG_DIR}/rank-{rank:05d}.json"
-            for rank in range(world_size)
-            if not (checkpoint / RNG_DIR / f"rank-{rank:05d}.json").is_file()
-        ]
-    return missing
+    if missing:
+        return missing
+    try:
+        world_size = int(json.loads((checkpoint / TRAINER_STATE_FILE).read_text()).get("world_size", 1))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return [f"a readable {TRAINER_STATE_FILE}"]
+    expected = [f"{RNG_DIR}/rank-{rank:05d}.json" for rank in range(world_size)]
+    if integrity.has_checksums(checkpoint):
+        expected += integrity.required_manifests(world_size)
+    return [name for name in expected if not (checkpoint / name).is_file()]
 
 
-# Globals a DCP `.metadata` pickle of tensors references (besides the classes of torch's DCP metadata module and torch
-# dtypes, allowed by kind below). Only classes and one pure lookup function: unpickling may call them.
-_METADATA_GLOBALS: frozenset[tuple[str, str]] = frozenset({
-    ("torch", "Size"),
-    ("torch.serialization", "_get_layout"),
-    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-    ("torch.distributed.checkpoint.filesystem", "_StoragePrefix"),
-    ("collections", "OrderedDict"),
-    ("pathlib", "PosixPath"),
-    ("pathlib", "WindowsPath"),
-    ("pathlib", "PurePosixPath"),
-    ("pathlib", "PureWindowsPath"),
-})  # fmt: skip
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    """Resolves only the globals a DCP metadata index of tensors needs; any other global (a function such as
-    `os.system`, any other class) raises UnpicklingError before anything is called."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        allowed = (module, name) in _METADATA_GLOBALS
-        if module == dcp_metadata.__name__:
-            allowed = isinstance(getattr(dcp_metadata, name, None), type)
-        elif module == "torch" and name != "Size":
-            allowed = isinstance(getattr(torch, name, None), torch.dtype)
-        if not allowed:
-            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a DCP metadata file")
-        return super().find_class(module, name)
-
-
-def check_dcp_metadata(checkpoint: Path) -> None:
-    """Refuse a checkpoint whose DCP metadata could run code when DCP loads it: every `*.metadata` file must unpickle
-    with `_MetadataUnpickler` into DCP Metadata whose entries are all tensors (a "bytes" entry is an arbitrary pickle
-    that DCP would load with weights_only=False). Raises ValueError naming the file and what to do."""
-    for file in sorted(Path(checkpoint).glob("*" + DCP_METADATA_FILE)):
-        try:
-            with file.open("rb") as stream:
-                metadata = _MetadataUnpickler(stream).load()
-            if not isinstance(metadata, dcp_metadata.Metadata):
-                raise pickle.UnpicklingError(f"it holds a {type(metadata).__name__}, not DCP Metadata")
-            other = sorted(key for key, entry in metadata.state_dict_metadata.items()
-                           if not isinstance(entry, dcp_metadata.TensorStorageMetadata))  # fmt: skip
-            if other:
-                raise pickle.UnpicklingError(f"entries {other[:5]} are pickled objects, not tensors")
-        except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError) as error:
-            raise ValueError(
-                f"Refusing to load checkpoint {checkpoint}: {file} is not the metadata of a plain tensor checkpoint "
-                f"({error}), and loading it could run code. Resume only from checkpoints written by "
-                "scripts/pretrain.py (e.g. --resume auto for this run's own), or start without --resume."
-            ) from error
+def _io_failures(error: CheckpointException) -> list[BaseException]:
+    """The file-system errors (OSError) among the per-rank failures DCP collected."""
+    failures = [failure[0] if isinstance(failure, tuple) else failure for failure in error.failures.values()]
+    return [failure for failure in failures if isinstance(failure, OSError)]
 
 
 @contextlib.contextmanager
@@ -195,37 +161,89 @@ class CheckpointManager:
         return sorted(found)
 
     def resolve_resume(self, resume: str | None) -> Path | None:
-        """`None`: start fresh. `auto`: the newest complete checkpoint of this run, if any. Else a checkpoint
-        directory, or a run directory (its newest complete checkpoint)."""
+        """`None`: start fresh. `auto`: the newest complete, intact checkpoint of this run, if any. Else a checkpoint
+        directory (refused if damaged), or a run directory (its newest complete, intact checkpoint). Collective: the
+        checksums are verified in shares over the ranks."""
         if resume is None:
             return None
         if resume == "auto":
-            found = self.complete_checkpoints()
-            if not found:
+            if not self.complete_checkpoints():
                 overwatch.info(f"resume=auto: no complete checkpoint under {self.root}; starting from scratch")
                 return None
-            return found[-1][1]
+            return self._newest_intact(self.root)
         path = Path(resume)
         if (path / CHECKPOINTS_DIR).is_dir():
-            found = self.complete_checkpoints(path / CHECKPOINTS_DIR)
-            if not found:
+            if not self.complete_checkpoints(path / CHECKPOINTS_DIR):
                 raise FileNotFoundError(f"--resume {resume}: no complete checkpoint under {path / CHECKPOINTS_DIR}.")
-            return found[-1][1]
+            return self._newest_intact(path / CHECKPOINTS_DIR)
         if not path.is_dir():
             raise FileNotFoundError(f"--resume {resume}: no such checkpoint or run directory; use auto or a path.")
         missing = missing_parts(path)
         if missing:
             raise ValueError(f"--resume {resume} is not a complete checkpoint (missing {', '.join(missing)}).")
+        problems = self.verify(path)
+        if problems:
+            raise ValueError(
+                f"--resume {resume} is damaged: {'; '.join(problems[:5])}. Resume from an intact checkpoint (a run "
+                "directory or --resume auto picks the newest intact one) or restore this one from a copy."
+            )
         return path
+
+    def verify(self, checkpoint: Path) -> list[str]:
+        """Collective: every problem the checksums find in `checkpoint` (each rank hashes its share of the files)."""
+        if not integrity.has_checksums(checkpoint):
+            overwatch.warning(f"{checkpoint} has no checksums (written by an older version): not verified")
+            return []
+        local = integrity.verify(checkpoint, self.ctx.rank, self.ctx.world_size)
+        return [problem for problems in self.ctx.all_gather_object(local) for problem in problems]
+
+    def _newest_intact(self, root: Path) -> Path:
+        """The newest complete checkpoint under `root` whose files match their checksums; damaged ones are named
+        and skipped. Every one damaged is an error (resuming from nothing would silently drop the run's progress)."""
+        damaged = []
+        for step, path in reversed(self.complete_checkpoints(root)):
+            problems = self.verify(path)
+            if not problems:
+                if damaged:
+                    overwatch.warning(f"Resuming from {path} (step {step}), the newest intact checkpoint")
+                return path
+            overwatch.warning(f"Skipping damaged checkpoint {path}: {'; '.join(problems[:5])}")
+            damaged.append(str(path))
+        raise ValueError(
+            f"Every complete checkpoint under {root} is damaged ({', '.join(damaged)}; the log names the bad files), "
+            "so there is nothing safe to resume from. Restore them from a copy, or move them away and start again "
+            "without --resume."
+        )
 
     # === Save ===
     def save(self, strategy: TrainingStrategy, step: int, epoch: int, sampler_state: dict[str, Any]) -> Path:
-        """Collective: every rank calls it. Returns the final checkpoint directory."""
+        """Collective: every rank calls it. Returns the final checkpoint directory. A write that fails (OSError,
+        also inside DCP's writers) removes the partial directory and raises CheckpointSaveError."""
         final = self.root / step_dir_name(step)
         tmp = self.root / (TMP_PREFIX + step_dir_name(step))
+        try:
+            return self._write(strategy, step, epoch, sampler_state, tmp, final)
+        except (OSError, CheckpointException) as error:
+            if isinstance(error, CheckpointException) and not _io_failures(error):
+                raise  # not the file system: a bug, keep its traceback
+            if self.ctx.is_rank_zero:
+                shutil.rmtree(tmp, ignore_errors=True)
+            complete = self.complete_checkpoints()
+            kept = (f"the previous checkpoint {complete[-1][1]} (step {complete[-1][0]}) is intact" if complete
+                    else "no earlier checkpoint of this run exists")  # fmt: skip
+            cause = error if isinstance(error, OSError) else "; ".join(map(str, _io_failures(error)))
+            raise CheckpointSaveError(
+                f"Writing checkpoint step {step} to {tmp} failed ({cause}); its partial files were removed and {kept}. "
+                "Free disk space or fix the file system, then continue with --resume auto."
+            ) from error
+
+    def _write(
+        self, strategy: TrainingStrategy, step: int, epoch: int, sampler_state: dict[str, Any], tmp: Path, final: Path
+    ) -> Path:
         if self.ctx.is_rank_zero:
             shutil.rmtree(tmp, ignore_errors=True)
             (tmp / RNG_DIR).mkdir(parents=True)
+            (tmp / integrity.CHECKSUMS_DIR).mkdir()
         self.ctx.barrier()
 
         model_state, optim_state = get_state_dict(strategy.model, strategy.optimizer, options=_options())
@@ -235,7 +253,10 @@ class CheckpointManager:
                 checkpoint_id=str(tmp),
                 no_dist=not self.ctx.is_distributed,
             )
-        write_json_atomic(tmp / RNG_DIR / f"rank-{self.ctx.rank:05d}.json", capture_rng_state(), indent=1)
+        rng_file = tmp / RNG_DIR / f"rank-{self.ctx.rank:05d}.json"
+        write_json_atomic(rng_file, capture_rng_state(), indent=1)
+        own_files = integrity.rank_files(tmp, self.ctx.rank, rng_file, with_metadata=self.ctx.is_rank_zero)
+        integrity.write_manifest(tmp, integrity.rank_manifest_name(self.ctx.rank), own_files)
         self.ctx.barrier()
 
         if self.ctx.is_rank_zero:
@@ -248,6 +269,7 @@ class CheckpointManager:
                 trainable_parameters=trainable_names(strategy),
             )
             write_json_atomic(tmp / TRAINER_STATE_FILE, asdict(state), indent=1)
+            integrity.write_manifest(tmp, integrity.TRAINER_STATE_DIGEST, [tmp / TRAINER_STATE_FILE])
             if final.exists():  # the same step saved again (e.g. after a resume): replace it
                 shutil.rmtree(final)
             os.replace(tmp, final)

@@ -11,13 +11,22 @@ every checkpoint follows a real update. After `max_consecutive_skips` skipped st
 trainer closes the metrics and raises `TrainingDiverged` without saving, so the newest complete checkpoint on disk is
 the last good one. The decision uses the all-reduced loss / gradient norm, the same on every rank, so every rank
 raises at the same step and none waits in a collective for the others.
+
+Preemption (`prismatic.util.preemption`): when a preemption signal arrived on any rank (the flag is all-reduced after
+every step, so all ranks agree on the step), the trainer finishes the step it is in, writes a checkpoint (unless that
+step was just saved), closes the metrics and raises `Preempted`; `--resume auto` continues bit-exactly. A signal that
+arrives before the first step stops the run before it trains. Once the first step is done the process group's
+collective timeout drops from the setup's hour to `collective_timeout` (a rank stuck or gone makes the others fail
+within it instead of hanging).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -30,6 +39,7 @@ from prismatic.training.options import StageOptimization
 from prismatic.training.strategies.base import StepResult, TrainingStrategy
 from prismatic.training.throughput import ThroughputMeter
 from prismatic.util.distributed import DistributedContext
+from prismatic.util.preemption import Preemption, ignore_in_worker
 
 overwatch = initialize_overwatch(__name__)
 
@@ -81,6 +91,8 @@ class Trainer:
         evaluate: Callable[[int], Mapping[str, float]] | None = None,
         eval_every: int | None = None,
         max_consecutive_skips: int = DEFAULT_MAX_CONSECUTIVE_SKIPS,
+        preemption: Preemption | None = None,
+        collective_timeout: timedelta | None = None,
     ) -> None:
         if max_consecutive_skips < 1:
             raise ValueError(f"max_consecutive_skips must be >= 1, got {max_consecutive_skips}.")
@@ -93,6 +105,7 @@ class Trainer:
         self.evaluate, self.eval_every = evaluate, eval_every
         # Divergence guard: skipped steps in a row (reset by a good step), and how many may follow each other.
         self.max_consecutive_skips, self.consecutive_skips = max_consecutive_skips, 0
+        self.preemption, self.collective_timeout = preemption, collective_timeout
 
     def _held_out(self, step: int) -> dict[str, float]:
         if self.evaluate is None or not self.eval_every:
@@ -117,7 +130,10 @@ class Trainer:
             pin_memory=self.ctx.device.type == "cuda",
             generator=generator,
             persistent_workers=False,
-        )
+            # A scheduler that signals every process of the job must not kill the workers mid-batch.
+            worker_init_fn=(functools.partial(ignore_in_worker, signals=[s.name for s in self.preemption.signals])
+                            if self.preemption is not None and self.num_workers > 0 else None),
+        )  # fmt: skip
 
     def _save(self, step: int, epoch: int) -> None:
         self.checkpoints.save(self.strategy, step, epoch, self.sampler.state_dict())
@@ -143,6 +159,24 @@ class Trainer:
             "--resume)."
         )
 
+    def _check_preemption(self, step: int, epoch: int, saved_at: int) -> None:
+        """Collective (one all-reduce under torchrun). When any rank received a preemption signal: checkpoint the step
+        just finished (unless saved already), flush the metrics and raise Preempted, on every rank."""
+        if self.preemption is None or not self.preemption.agreed(self.ctx):
+            return
+        if step != saved_at:
+            self._save(step, epoch)
+        self.metrics.close()
+        complete = self.checkpoints.complete_checkpoints()
+        where = f"checkpoint {complete[-1][1]} (step {complete[-1][0]})" if complete else "no checkpoint (no step ran)"
+        raise self.preemption.stop(f"stopped after step {step} of {self.plan.total_steps}; {where}; continue with "
+                                   "--resume auto")  # fmt: skip
+
+    def _after_first_step(self) -> None:
+        # Setup collectives may wait an hour (a 7B model built on every rank); steps must not.
+        if self.collective_timeout is not None:
+            self.ctx.set_collective_timeout(self.collective_timeout)
+
     def run(self, start_step: int = 0) -> tuple[int, bool]:
         """Train from `start_step` (the sampler already positioned); returns (last step, finished the plan)."""
         step, saved_at = start_step, start_step
@@ -154,6 +188,7 @@ class Trainer:
             f"batch {plan.global_batch_size} = {self.ctx.world_size} rank(s) x {plan.grad_accumulation} micro-batch(es) "
             f"x {plan.per_device_batch_size}"
         )
+        self._check_preemption(step, epoch, saved_at)  # signalled while the run was being set up
         while step < plan.total_steps:
             sampler.set_epoch(epoch)
             steps_left = (sampler.samples_per_epoch - sampler.consumed_samples) // plan.global_batch_size
@@ -167,6 +202,8 @@ class Trainer:
                 elapsed = time.perf_counter() - started
                 sampler.advance(plan.global_batch_size)
                 step += 1
+                if step == start_step + 1:
+                    self._after_first_step()
                 extra = self.throughput.finish_step(micro_batches, elapsed) if self.throughput is not None else {}
                 self.metrics.log_step(step, epoch, result, elapsed, {**extra, **self._held_out(step)})
                 self._check_divergence(step, result)
@@ -179,6 +216,8 @@ class Trainer:
                         self._save(step, epoch)
                     overwatch.info(f"Stopping after step {step} as asked (stop_after_step); resume with --resume auto")
                     return step, False
+                if step < plan.total_steps:
+                    self._check_preemption(step, epoch, saved_at)
             epoch += 1
         if saved_at != step:
             self._save(step, epoch - 1)

@@ -14,7 +14,9 @@ full traceback (Python's exit status 1).
 `user_errors()` wraps only the setup phase, so a ValueError raised by a bug deep in training or evaluation still shows
 where it happened. `--debug` on the command line (removed before the entry point parses its flags) or
 `DYVA_DEBUG=1` in the environment prints a user error's traceback as well; the status stays 2. argparse's own usage
-errors exit 2 already. Under torchrun every rank that hits the error prints it; torchrun then reports the failed child
+errors exit 2 already. A run stopped by a preemption signal (`prismatic/util/preemption.py`) raises `Preempted` after
+saving its progress: `preempted: <what was saved>` and the run's `--preemption_exit_code` (0 by default).
+Under torchrun every rank that hits the error prints it; torchrun then reports the failed child
 in its own way (its launcher's ChildFailedError traceback and a summary with the child's exit code 2) and exits 1.
 
 The util layer: imports nothing from the rest of prismatic.
@@ -32,6 +34,8 @@ from typing import TypeVar
 
 import yaml
 from draccus.utils import ParsingError
+
+from prismatic.util.preemption import Preempted
 
 T = TypeVar("T")
 
@@ -108,3 +112,6 @@ def run_cli(main: Callable[[list[str]], T], argv: Sequence[str] | None = None) -
     except UserError as error:
         report_user_error(error, debug)
         raise SystemExit(USER_ERROR_STATUS) from None
+    except Preempted as stop:  # progress is saved: a planned exit with the requeue status, not a failure
+        print(f"preempted: {stop}", file=sys.stderr, flush=True)
+        raise SystemExit(stop.exit_code) from None

@@ -19,7 +19,8 @@ overwatch = initialize_overwatch(__name__)
 
 # torchrun (and `srun` with these variables exported) describes the job through the environment.
 _LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-# Generous: the first collective waits for every rank to finish building a 7B model and preflighting the data.
+# Generous: the first collective waits for every rank to finish building a 7B model and preflighting the data. Once
+# training runs, the trainer lowers it to --collective_timeout_s (`DistributedContext.set_collective_timeout`).
 PROCESS_GROUP_TIMEOUT = timedelta(minutes=60)
 
 
@@ -47,10 +48,29 @@ class DistributedContext:
         if self.is_distributed:
             dist.barrier()
 
+    def set_collective_timeout(self, timeout: timedelta) -> None:
+        """From now on a collective that waits longer than `timeout` for a rank fails (instead of hanging)."""
+        if self.is_distributed:
+            dist.set_timeout(timeout)
+
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum over ranks (in place, also returned); the identity on one process."""
         if self.is_distributed:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def all_gather_object(self, value: object) -> list[object]:
+        """Every rank's `value` (pickled between this job's own processes), in rank order; [value] on one process."""
+        if not self.is_distributed:
+            return [value]
+        gathered: list[object] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def all_reduce_max(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Maximum over ranks (in place, also returned); the identity on one process."""
+        if self.is_distributed:
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return tensor
 
 
@@ -71,11 +91,16 @@ def init_distributed() -> DistributedContext:
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
     device = default_device(local_rank)
     if not dist.is_initialized():
+        # torchrun's store outlives a restart of the worker group (`--max-restarts`), and the process group's keys of
+        # the failed attempt are still in it: without a namespace per attempt the restarted ranks can read each
+        # other's stale addresses and hang while connecting. TORCHELASTIC_RESTART_COUNT numbers the attempts.
+        store, _, _ = next(dist.rendezvous("env://", timeout=PROCESS_GROUP_TIMEOUT))
+        store = dist.PrefixStore(f"dyva/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
         if device.type == "cuda":
             torch.cuda.set_device(device)
-            dist.init_process_group("nccl", timeout=PROCESS_GROUP_TIMEOUT, device_id=device)
-        else:
-            dist.init_process_group("gloo", timeout=PROCESS_GROUP_TIMEOUT)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=PROCESS_GROUP_TIMEOUT,
+                                device_id=device if device.type == "cuda" else None)  # fmt: skip
     overwatch.info(
         f"Joined the process group: {world_size} rank(s) on {max(1, world_size // local_world_size)} node(s), "
         f"backend {dist.get_backend()}, device {device.type}"

@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from prismatic.models.backbones.llm.base_llm import LLMBackbone
 from prismatic.models.backbones.vision.base_vision import PixelValues, VisionBackbone
+from prismatic.models.losses import DEFAULT_CHUNK_ROWS, LossKernel
 from prismatic.models.projectors import ArchSpecifier, build_projector
 from prismatic.models.stages import Stage, parse_stage
 from prismatic.models.vlms.generation import SampleImages
@@ -118,12 +119,16 @@ class PrismaticVLM(nn.Module):
         has_image: torch.Tensor | None = None,
         padding_side: PaddingSide = "right",
         label_logits_only: bool = False,
+        label_loss: LossKernel | None = None,
+        loss_chunk_rows: int = DEFAULT_CHUNK_ROWS,
     ) -> CausalLMOutputWithPast:
         """`pixel_values` holds the image rows only, in batch order; `has_image` [B] marks them (default: all rows).
 
         `label_logits_only` (with `labels`; what training uses) computes logits only at the positions that predict a
         label: `output.logits` is [n_label_tokens, vocab] in row-major order of the spliced sequence (targets:
-        `next_token_targets(spliced labels)` at the same positions), and no loss is computed."""
+        `next_token_targets(spliced labels)` at the same positions), and no loss is computed. With it, `label_loss`
+        (a resolved `prismatic.models.losses.LossKernel`) returns instead `output.loss`, the SUM of the cross-entropies
+        at those positions, computed from the final hidden states by that kernel (no logits returned)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         text_embeds = self.llm_backbone.embed_input_ids(input_ids)
@@ -138,7 +143,13 @@ class PrismaticVLM(nn.Module):
         if label_logits_only:
             if spliced.labels is None:
                 raise ValueError("label_logits_only=True needs labels (it keeps the logits that predict them).")
-            keep = next_token_targets(spliced.labels) != IGNORE_INDEX
+            targets = next_token_targets(spliced.labels)
+            keep = targets != IGNORE_INDEX
+            if label_loss is not None:
+                return self.llm_backbone(spliced.inputs_embeds, spliced.attention_mask,
+                                         position_ids=spliced.position_ids, logits_mask=keep,
+                                         loss_targets=targets[keep], loss_kernel=label_loss,
+                                         loss_chunk_rows=loss_chunk_rows)  # fmt: skip
             return self.llm_backbone(spliced.inputs_embeds, spliced.attention_mask, position_ids=spliced.position_ids,
                                      logits_mask=keep)  # fmt: skip
         return self.llm_backbone(

@@ -14,10 +14,14 @@ generative encoder is the one training builds (`get_vision_backbone_and_transfor
 dropped in release mode: the feature pass cannot run them.
 
 One build per cache directory at a time: a starting build deletes the orphan chunks a crashed one left behind.
+
+Preemption: on a preemption signal (`prismatic.util.preemption`) each rank finishes the item it is encoding, commits
+its open chunks (nothing encoded is lost) and raises `Preempted`; the same command finishes the job later.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections import Counter
@@ -40,6 +44,7 @@ from prismatic.preprocessing.feature_cache.store import (
     StorageDtype,
     StreamIndex,
     prepare_stream_dir,
+    remove_damaged_chunks,
     remove_orphans,
     storage_dtype,
     to_storage,
@@ -47,6 +52,7 @@ from prismatic.preprocessing.feature_cache.store import (
 from prismatic.preprocessing.records import image_relpaths
 from prismatic.preprocessing.samples import PIL_READ_ERRORS, load_rgb
 from prismatic.util.distributed import DistributedContext
+from prismatic.util.preemption import Preemption, ignore_in_worker
 
 overwatch = initialize_overwatch(__name__)
 
@@ -59,6 +65,7 @@ class BuildOptions:
     chunk_size: int = 256  # entries per chunk file (the unit a crash can lose)
     num_workers: int = 2  # image reading / transform / hashing processes per rank
     log_every_s: float = 30.0
+    verify: bool = False  # first check every stored entry's checksum; damaged chunks are deleted and re-encoded
 
 
 @dataclass
@@ -138,6 +145,7 @@ def build_feature_cache(
     ctx: DistributedContext,
     streams: list[str] | None = None,
     options: BuildOptions | None = None,
+    preemption: Preemption | None = None,
 ) -> BuildReport:
     """Encode this rank's share of `items` (plus the dummy image on rank 0) into the cache at `root`.
 
@@ -148,9 +156,14 @@ def build_feature_cache(
     identities = stream_identities(backbone, streams)
     if ctx.is_rank_zero:
         for identity in identities.values():
-            removed = remove_orphans(prepare_stream_dir(root, identity))
+            directory = prepare_stream_dir(root, identity)
+            removed = remove_orphans(directory)
             if removed:
                 overwatch.info(f"Removed {removed} orphan file(s) of an interrupted build from {identity.dirname}")
+            if options.verify:
+                damaged = remove_damaged_chunks(directory)
+                overwatch.info(f"Verified {identity.dirname}: {len(damaged)} damaged chunk(s) deleted, to be re-encoded"
+                               + (f" ({', '.join(p.name for p in damaged)})" if damaged else ""))  # fmt: skip
     ctx.barrier()
     directories = {name: Path(root) / identity.dirname for name, identity in identities.items()}
     indexes = {name: StreamIndex.load(directory) for name, directory in directories.items()}
@@ -173,9 +186,12 @@ def build_feature_cache(
     loader = DataLoader(
         _WorkItems(shard, image_dir, transform, {n: i.pixel_keys for n, i in identities.items()}),
         batch_size=1, num_workers=options.num_workers, collate_fn=_unbatched,
+        worker_init_fn=(functools.partial(ignore_in_worker, signals=[s.name for s in preemption.signals])
+                        if preemption is not None and options.num_workers > 0 else None),
     )  # fmt: skip
     progress = _Progress(len(shard), options.log_every_s)
     device = next(backbone.parameters()).device
+    done = 0
     try:
         for done, (item, pixels, keys, error) in enumerate(loader, start=1):
             if pixels is None:
@@ -184,9 +200,14 @@ def build_feature_cache(
             else:
                 _encode_missing(backbone, pixels, keys, indexes, written, writers, dtype, device, report)
             progress.maybe_log(done, report)
+            if preemption is not None and preemption.requested:
+                break
     finally:
         for writer in writers.values():
             writer.close()
+    if preemption is not None and preemption.requested:
+        raise preemption.stop(f"rank {ctx.rank} stored {sum(report.encoded.values())} new entries ({done} of "
+                              f"{len(shard)} items looked at); the same command finishes the cache")  # fmt: skip
     report.seconds = time.perf_counter() - started
     per_image = report.encode_seconds / max(1, max(report.encoded.values(), default=0))
     overwatch.info_all(

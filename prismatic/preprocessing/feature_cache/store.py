@@ -7,13 +7,20 @@ with `--feature_cache_dir`):
     <root>/<stream>-<fingerprint>/          one directory per stream and encoder identity (`StreamIdentity`)
         encoder.json                        the full description the fingerprint hashes (for humans, checked on open)
         chunk-<build>-r<rank>-<n>.bin       raw feature bytes, entries 64-byte aligned
-        chunk-<build>-r<rank>-<n>.json      its index: [[key, offset, shape, dtype], ...]
+        chunk-<build>-r<rank>-<n>.json      its index: [[key, offset, shape, dtype, crc32], ...]
 
 A chunk exists only once its index is written: the .bin is written and fsynced first, then the .json through a
 temporary file and an atomic rename. A crash mid-chunk leaves an orphan .bin that readers never see and the next build
 deletes; a rerun skips every key already indexed, so builds resume where they stopped. Keys are the 128-bit content
 hashes of `identity.content_key`; the fingerprint in the directory name covers the encoder (config, weights, dtype,
 library versions), so a changed encoder looks in another directory and finds nothing: a miss, never a stale read.
+
+Damage after the fact never reaches training: a chunk whose data file is shorter than its index says (a copy cut
+short) or whose index does not parse is ignored when the cache is opened, and every entry carries the CRC-32 of its
+bytes, checked on each read; a mismatch is logged with the chunk's file name and the entry counts as a miss, so the
+sample's features are encoded live. `scripts/cache_features.py --verify` checks every entry and deletes the damaged
+chunks, so the same build re-encodes what they held. (Entries of caches written before checksums existed carry none
+and are read unchecked.)
 
 Reads map each chunk file once per process with `torch.from_file` (a private, lazily paged mapping that holds no file
 descriptor) and return views into it: an entry costs the pages it touches, never a read of the whole file. The index
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +109,7 @@ class ChunkWriter:
         data = features.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
         self._handle.write(b"\0" * padding + data.tobytes())
         offset = self._offset + padding
-        self._entries.append([key, offset, list(features.shape), DTYPE_NAMES[features.dtype]])
+        self._entries.append([key, offset, list(features.shape), DTYPE_NAMES[features.dtype], zlib.crc32(data)])
         self._offset = offset + data.nbytes
         self.written += 1
         if len(self._entries) >= self.chunk_size:
@@ -153,6 +161,31 @@ def remove_orphans(directory: Path) -> int:
     return removed
 
 
+def remove_damaged_chunks(directory: Path) -> list[Path]:
+    """Check every entry of every chunk against its CRC-32 and delete the chunks that fail, or whose index or data
+    is unreadable or short (index first, so a crash midway leaves an orphan, not a damaged chunk), so that a build
+    re-encodes what they held. Returns the index files deleted."""
+    removed = []
+    for index_file in sorted(Path(directory).glob("chunk-*.json")):
+        chunk = read_chunk_index(index_file)
+        intact = chunk is not None and _chunk_intact(Path(directory) / chunk["file"], chunk["entries"])
+        if not intact:
+            data_file = index_file.with_suffix(".bin") if chunk is None else Path(directory) / chunk["file"]
+            index_file.unlink()
+            data_file.unlink(missing_ok=True)
+            removed.append(index_file)
+    return removed
+
+
+def _chunk_intact(data_file: Path, entries: list[list[Any]]) -> bool:
+    mapped = torch.from_file(str(data_file), shared=False, size=data_file.stat().st_size, dtype=torch.uint8)
+    for _, offset, shape, dtype, *crc in entries:
+        nbytes = int(np.prod(shape)) * DTYPES[dtype].itemsize
+        if crc and not entry_intact(mapped[offset : offset + nbytes], int(crc[0])):
+            return False
+    return True
+
+
 # === Reading ===
 def _is_power_of_ten(n: int) -> bool:
     return n > 0 and 10 ** (len(str(n)) - 1) == n
@@ -160,6 +193,34 @@ def _is_power_of_ten(n: int) -> bool:
 
 def _split_key(key: str) -> tuple[int, int]:
     return int(key[:16], 16), int(key[16:32], 16)
+
+
+def read_chunk_index(index_file: Path) -> dict[str, Any] | None:
+    """A chunk's index, or None (with a warning naming the file) when it cannot be read, is of another format, or
+    its data file is missing or shorter than the entries need (a copy cut short): its entries are then encoded live."""
+    data_file = None
+    try:
+        chunk = json.loads(Path(index_file).read_text())
+        data_file = Path(index_file).parent / chunk["file"]
+        size = data_file.stat().st_size if data_file.is_file() else -1
+        needed = max((int(entry[1]) + int(np.prod(entry[2])) * DTYPES[entry[3]].itemsize
+                      for entry in chunk["entries"]), default=0)  # fmt: skip
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
+        overwatch.warning_all(f"Ignoring feature chunk {index_file}: its index is unreadable ({error}); its entries "
+                              "are encoded live (scripts/cache_features.py --verify rebuilds it)")  # fmt: skip
+        return None
+    if chunk.get("format") != CACHE_FORMAT_VERSION or size < needed:
+        problem = "of another format" if chunk.get("format") != CACHE_FORMAT_VERSION else (
+            f"missing its data {data_file}" if size < 0 else f"{data_file} is {size} bytes, its index needs {needed}")
+        overwatch.warning_all(f"Ignoring feature chunk {index_file}: {problem}; its entries are encoded live "
+                              "(scripts/cache_features.py --verify rebuilds them)")  # fmt: skip
+        return None
+    return chunk
+
+
+def entry_intact(data: torch.Tensor, checksum: int) -> bool:
+    """Whether an entry's bytes match the CRC-32 written with them (an entry without one, -1, is taken as it is)."""
+    return checksum < 0 or zlib.crc32(data.numpy()) == checksum
 
 
 @dataclass
@@ -173,32 +234,31 @@ class StreamIndex:
     file_ids: np.ndarray  # int32
     offsets: np.ndarray  # int64
     layout_ids: np.ndarray  # int32 into `layouts`
+    checksums: np.ndarray  # int64: the entry's CRC-32, -1 for entries written before checksums existed
     layouts: list[tuple[tuple[int, ...], str]]
 
     @classmethod
     def load(cls, directory: Path) -> StreamIndex:
         files: list[str] = []
         rows: list[tuple[int, int, int, int, int]] = []
+        checksums: list[int] = []
         layouts: dict[tuple[tuple[int, ...], str], int] = {}
         for index_file in sorted(Path(directory).glob("chunk-*.json")) if Path(directory).is_dir() else []:
-            chunk = json.loads(index_file.read_text())
-            data_file = Path(directory) / chunk["file"]
-            size = data_file.stat().st_size if data_file.is_file() else -1
-            entries = chunk["entries"]
-            needed = max((off + int(np.prod(shape)) * DTYPES[dt].itemsize for _, off, shape, dt in entries), default=0)
-            if chunk.get("format") != CACHE_FORMAT_VERSION or size < needed:
-                overwatch.warning_all(f"Ignoring feature chunk {index_file}: data missing, short or of another format")
+            chunk = read_chunk_index(index_file)
+            if chunk is None:
                 continue
             files.append(chunk["file"])
-            for key, offset, shape, dtype in entries:
+            for key, offset, shape, dtype, *crc in chunk["entries"]:
                 layout = layouts.setdefault((tuple(shape), dtype), len(layouts))
                 rows.append((*_split_key(key), len(files) - 1, offset, layout))
+                checksums.append(int(crc[0]) if crc else -1)
         table = np.array(rows, dtype=np.uint64).reshape(-1, 5)
         order = np.lexsort((table[:, 1], table[:, 0]))  # by (hi, lo); stable, so the first chunk's copy comes first
         table = table[order]
         return cls(
             Path(directory), files, table[:, 0].copy(), table[:, 1].copy(), table[:, 2].astype(np.int32),
-            table[:, 3].astype(np.int64), table[:, 4].astype(np.int32), list(layouts),
+            table[:, 3].astype(np.int64), table[:, 4].astype(np.int32), np.array(checksums, dtype=np.int64)[order],
+            list(layouts),
         )  # fmt: skip
 
     def __len__(self) -> int:
@@ -227,6 +287,7 @@ class FeatureCache:
         self.indexes = {name: StreamIndex.load(self.root / ident.dirname) for name, ident in identities.items()}
         self.stats: Counter[str] = Counter()
         self._maps: dict[tuple[str, int], torch.Tensor] = {}
+        self._reported: set[tuple[str, int]] = set()  # chunk files whose damage was logged
 
     @classmethod
     def open(cls, root: Path, backbone: VisionBackbone, streams: list[str] | None = None) -> FeatureCache:
@@ -280,7 +341,8 @@ class FeatureCache:
         return mapped
 
     def read(self, stream: str, key: str) -> torch.Tensor | None:
-        """One entry as a tensor viewing the mapped chunk file, or None when the key is absent."""
+        """One entry as a tensor viewing the mapped chunk file, or None when the key is absent or its bytes no longer
+        match their checksum (logged once per chunk file; the caller then encodes the sample live)."""
         index = self.indexes[stream]
         position = index.position(key)
         if position is None:
@@ -288,8 +350,19 @@ class FeatureCache:
         shape, dtype_name = index.layouts[int(index.layout_ids[position])]
         dtype = DTYPES[dtype_name]
         offset, nbytes = int(index.offsets[position]), int(np.prod(shape)) * dtype.itemsize
-        mapped = self._mapped(stream, int(index.file_ids[position]))
-        return mapped[offset : offset + nbytes].view(dtype).view(shape)
+        file_id = int(index.file_ids[position])
+        data = self._mapped(stream, file_id)[offset : offset + nbytes]
+        if not entry_intact(data, int(index.checksums[position])):
+            self.stats[f"{stream}:damaged"] += 1
+            if (stream, file_id) not in self._reported:
+                self._reported.add((stream, file_id))
+                overwatch.warning_all(
+                    f"Feature cache entry {key} in {index.directory / index.files[file_id]} does not match its "
+                    "checksum (the file was altered after it was written): encoding it live; rerun "
+                    "scripts/cache_features.py with --verify to rebuild the damaged chunks"
+                )
+            return None
+        return data.view(dtype).view(shape)
 
     def lookup(self, pixel_values: PixelValues) -> dict[str, torch.Tensor]:
         """The cached features of one (uncollated) sample, for every stream that has them."""
@@ -310,4 +383,5 @@ class FeatureCache:
 
     def summary(self) -> str:
         parts = [f"{n}: {self.stats[f'{n}:hit']} hits / {self.stats[f'{n}:miss']} misses" for n in self.identities]
+        parts += [f"{n}: {self.stats[f'{n}:damaged']} damaged" for n in self.identities if self.stats[f"{n}:damaged"]]
         return "; ".join(parts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from prismatic.models.losses import DEFAULT_CHUNK_ROWS, LossKernel
 from prismatic.overwatch import initialize_overwatch
 from prismatic.training.options import Precision, StageOptimization, TrainStrategy
 from prismatic.training.strategies.base import StepResult, TrainingStrategy
@@ -55,12 +56,17 @@ def get_train_strategy(
     precision: Precision,
     enable_gradient_checkpointing: bool,
     total_steps: int,
+    checkpoint_every: int = 1,
+    loss_kernel: LossKernel = "plain",
+    loss_chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> TrainingStrategy:
-    """Build (not yet set up) the strategy named `train_strategy`; call `.setup()` to wrap the model."""
+    """Build (not yet set up) the strategy named `train_strategy`; call `.setup()` to wrap the model. The last three
+    are the performance levers of `ModelConfig` (`gradient_checkpointing_every`, `loss_kernel`, `loss_chunk_rows`)."""
     resolved = resolve_train_strategy(train_strategy, ctx)
     args = (vlm, ctx, optimization, precision, enable_gradient_checkpointing, total_steps)
+    levers = {"checkpoint_every": checkpoint_every, "loss_kernel": loss_kernel, "loss_chunk_rows": loss_chunk_rows}
     if resolved in _FSDP_SHARDING:
-        return FSDPStrategy(*args, sharding=_FSDP_SHARDING[resolved])
+        return FSDPStrategy(*args, sharding=_FSDP_SHARDING[resolved], **levers)
     if resolved == "ddp":
-        return DDPStrategy(*args)
-    return SingleDeviceStrategy(*args)
+        return DDPStrategy(*args, **levers)
+    return SingleDeviceStrategy(*args, **levers)

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from prismatic.models.losses import DEFAULT_CHUNK_ROWS, LossKernel, resolve_loss_kernel
 from prismatic.overwatch import initialize_overwatch
 from prismatic.training.batching import count_batch, label_targets, spliced_labels
 from prismatic.training.optimizer import (
@@ -58,13 +59,28 @@ class TrainingStrategy(ABC):
         precision: Precision,
         enable_gradient_checkpointing: bool,
         total_steps: int,
+        checkpoint_every: int = 1,
+        loss_kernel: LossKernel = "plain",
+        loss_chunk_rows: int = DEFAULT_CHUNK_ROWS,
     ) -> None:
+        """`checkpoint_every` (with `enable_gradient_checkpointing`): checkpoint one LLM decoder layer in that many (1 =
+        all of them). `loss_kernel`: how the loss at label positions is computed (`prismatic.models.losses`; "plain"
+        is the original path, bit for bit), with chunks of `loss_chunk_rows` rows for "chunked"."""
         self.vlm = vlm
         self.ctx = ctx
         self.optimization = optimization
         self.precision = precision
         self.enable_gradient_checkpointing = enable_gradient_checkpointing
         self.total_steps = total_steps
+        if checkpoint_every < 1 or loss_chunk_rows < 1:
+            raise ValueError(
+                f"--model.gradient_checkpointing_every ({checkpoint_every}) and --model.loss_chunk_rows "
+                f"({loss_chunk_rows}) must be positive integers (1 = checkpoint every decoder layer)."
+            )
+        self.checkpoint_every = checkpoint_every
+        self.loss_kernel: LossKernel = resolve_loss_kernel(loss_kernel, ctx.device)
+        self.loss_chunk_rows = loss_chunk_rows
+        self.checkpointed_layers: list[int] = []
         self.num_visual_tokens = vlm.num_visual_tokens
         self.model: nn.Module = vlm
         self.optimizer: torch.optim.Optimizer | None = None
@@ -74,7 +90,8 @@ class TrainingStrategy(ABC):
     def setup(self) -> None:
         """Wrap, and build the optimizer over the (wrapped) trainable parameters."""
         if self.enable_gradient_checkpointing:
-            self.vlm.llm_backbone.enable_gradient_checkpointing()
+            # Before wrapping: FSDP's hooks then sit outside each checkpointed region (torchtitan's order).
+            self.checkpointed_layers = self.vlm.llm_backbone.enable_gradient_checkpointing(self.checkpoint_every)
         self.model = self.wrap_model()
         self.model.train()
         opt = self.optimization
@@ -83,7 +100,8 @@ class TrainingStrategy(ABC):
         trainable = sum(p.numel() for p in self.vlm.parameters() if p.requires_grad)
         overwatch.info(
             f"{type(self).__name__}: {trainable:,} trainable parameters in {len(self.optimizer.param_groups)} "
-            f"group(s); precision {self.precision}; gradient checkpointing {self.enable_gradient_checkpointing}"
+            f"group(s); precision {self.precision}; gradient checkpointing {self.enable_gradient_checkpointing} "
+            f"({len(self.checkpointed_layers)} decoder layers); loss kernel {self.loss_kernel}"
         )
 
     @abstractmethod
@@ -129,6 +147,10 @@ class TrainingStrategy(ABC):
 
     def _forward_loss_sum(self, batch: Mapping[str, Any]) -> torch.Tensor:
         padding_side = batch.get("padding_side", "right")
+        # chunked / liger: the summed label loss is computed inside the model's forward from the final hidden states,
+        # so a wrapper's gathered LM head is what it uses and full-vocabulary logits never exist.
+        fused = {} if self.loss_kernel == "plain" else {"label_loss": self.loss_kernel,
+                                                        "loss_chunk_rows": self.loss_chunk_rows}  # fmt: skip
         with self.autocast():
             output = self.model(
                 input_ids=batch["input_ids"],
@@ -138,7 +160,10 @@ class TrainingStrategy(ABC):
                 has_image=batch["has_image"],
                 padding_side=padding_side,
                 label_logits_only=True,  # logits at label positions only; the loss is a sum, normalised globally
+                **fused,
             )
+        if fused:
+            return output.loss.float()
         has_visual = batch["pixel_values"] is not None and bool(batch["has_image"].any())
         num_visual = self.num_visual_tokens if has_visual else 0
         labels = spliced_labels(batch["labels"], batch["attention_mask"], batch["has_image"], num_visual, padding_side)

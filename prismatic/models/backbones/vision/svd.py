@@ -11,8 +11,10 @@
 
 Every random draw comes from a generator seeded by the sample's pixels (and a global seed), never from the global
 RNG, so a given image always gets the same noise and features, alone or in any batch (equal up to float rounding,
-which kernels do differently for different batch sizes). There is no `torch.no_grad` here: whether gradients reach
-the U-Net or VAE is decided by their `requires_grad` (the trainable ablations need it).
+which kernels do differently for different batch sizes). The generator is a CPU one (`noise_device="cpu"`, the
+original streams) or one on the encoder's device (`"device"`: no CPU draws or copies; other streams, so another feature
+cache fingerprint). There is no `torch.no_grad` here: whether gradients reach the U-Net or VAE is decided by their
+`requires_grad` (the trainable ablations need it).
 
 Multi-image samples (K > 1) in release mode with cond-slots follow the released code, which encodes image 1 twice:
 one encoding (own noise-augmentation draw, `SVDNoise.fill`) fills all T conditioning slots, then each of the K images
@@ -167,6 +169,10 @@ class SVDGenerativeEncoder(VisionBackbone):
         # supplies. The variant stays in: it names which weight files were read (fp16 ones differ from fp32 ones), and
         # recording it keeps that explicit rather than resting on the digest alone.
         config = {k: v for k, v in asdict(self.config).items() if k != "model_id"}
+        # The CPU noise device is what every existing cache entry was computed with, so it stays out of the
+        # description (their fingerprints are unchanged); "device" draws other random streams and is recorded.
+        if config["noise_device"] == "cpu":
+            del config["noise_device"]
         scheduler = {k: v for k, v in self.scheduler_config.items() if not k.startswith("_")}
         clip = {"mean": self.clip_mean, "std": self.clip_std, "size": self.clip_size}
         return {"kind": "svd", "noise_convention": NOISE_CONVENTION, "config": config, "scheduler": scheduler,
@@ -206,8 +212,9 @@ class SVDGenerativeEncoder(VisionBackbone):
         """Whether image 1's all-slot fill gets its own encoding and draw (the released code's K > 1 path)."""
         return self.config.mode == "release" and self.config.resolved_placement == "cond-slots" and num_images > 1
 
-    def draw_noise(self, images_uint8: torch.Tensor) -> SVDNoise:
-        """One sample's noise, from its uint8 images [K, 3, S, S] and config.seed."""
+    def draw_noise(self, images_uint8: torch.Tensor, device: torch.device | None = None) -> SVDNoise:
+        """One sample's noise, from its uint8 images [K, 3, S, S] and config.seed: on a CPU generator (`device`
+        None, the "cpu" noise device) or on a generator on `device` (see `svd_unet.draw_noise`)."""
         return draw_noise(
             images_uint8,
             seed=self.config.seed,
@@ -217,6 +224,7 @@ class SVDGenerativeEncoder(VisionBackbone):
             with_unet=self.config.mode == "release",
             with_feat=self.config.mode == "release" and self.config.feature_noise,
             with_fill=self.separate_fill(images_uint8.shape[0]),
+            device=device,
         )
 
     # === Encoding ===
@@ -296,8 +304,9 @@ class SVDGenerativeEncoder(VisionBackbone):
         for count in counts:
             keyframe_slots(count, cfg.num_frames)  # K > T is an error, whatever the placement
         if noise is None:
-            frames_cpu = frames.cpu()
-            noise = [self.draw_noise(frames_cpu[b, : counts[b]]) for b in range(batch_size)]
+            frames_cpu = frames.cpu()  # the seeds hash the pixels on the CPU (the collator's frames already are)
+            where = device if cfg.noise_device == "device" else None
+            noise = [self.draw_noise(frames_cpu[b, : counts[b]], device=where) for b in range(batch_size)]
         if len(noise) != batch_size:
             raise ValueError(f"Got {len(noise)} noise draws for a batch of {batch_size}.")
         if cfg.mode == "release" and any(n.unet is None or (cfg.feature_noise and n.feat is None) for n in noise):

@@ -13,6 +13,9 @@ from typing import Literal, get_args
 SVDMode = Literal["release", "paper"]
 KeyframePlacement = Literal["cond-slots", "z0-slots", "first"]
 FeatureTap = Literal["pre-mid", "post-mid"]
+# Where the per-sample content-seeded noise is drawn: "cpu" (a CPU generator, the original streams) or "device" (a
+# generator on the encoder's device, same seed: no CPU work or copies, but other random streams than the CPU's).
+NoiseDevice = Literal["cpu", "device"]
 
 DEFAULT_SVD_MODEL_ID = "stabilityai/stable-video-diffusion-img2vid"
 
@@ -35,9 +38,11 @@ class SVDEncoderConfig:
     fps: int = 7  # fed to the U-Net as fps - 1
     motion_bucket_id: int = 127
     seed: int = 0  # global seed mixed into the per-sample content hash
+    noise_device: NoiseDevice = "cpu"  # "device": draw on the encoder's device (another feature-cache fingerprint)
 
     def __post_init__(self) -> None:
-        checks = {"mode": (self.mode, SVDMode), "tap": (self.tap, FeatureTap)}
+        checks = {"mode": (self.mode, SVDMode), "tap": (self.tap, FeatureTap),
+                  "noise_device": (self.noise_device, NoiseDevice)}  # fmt: skip
         if self.placement is not None:
             checks["placement"] = (self.placement, KeyframePlacement)
         for name, (value, literal) in checks.items():

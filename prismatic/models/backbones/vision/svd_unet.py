@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -122,7 +123,7 @@ def resize_with_antialiasing(x: torch.Tensor, size: tuple[int, int]) -> torch.Te
 
 @dataclass
 class SVDNoise:
-    """Every random draw one sample needs (float32, CPU until used)."""
+    """Every random draw one sample needs (float32; on the CPU until used, or drawn on the encoder's device)."""
 
     aug: torch.Tensor  # [K, 3, S, S] noise augmentation of each input image (times noise_aug_strength)
     unet: torch.Tensor | None  # [T, 4, h, w] unit Gaussian in the U-Net's noisy channels (release mode only)
@@ -152,18 +153,25 @@ def draw_noise(
     with_unet: bool = True,
     with_feat: bool = True,
     with_fill: bool = False,
+    device: torch.device | None = None,
 ) -> SVDNoise:
-    """Draw one sample's noise from a CPU generator seeded by its content, so a sample's features never depend on
-    its batch, its position in it, or the global RNG (cacheable, reproducible). Draws are made in a fixed order (aug,
+    """Draw one sample's noise from a generator seeded by its content, so a sample's features never depend on its
+    batch, its position in it, or the global RNG (cacheable, reproducible). Draws are made in a fixed order (aug,
     unet, feat, fill) and a later draw is always preceded by all the earlier ones (drawn and dropped if unused), so
     each draw's values never depend on which of the others a configuration uses: the fill, added last, left every
-    earlier draw as it was."""
-    generator = torch.Generator(device="cpu").manual_seed(noise_seed(images, seed))
-    aug = torch.randn(tuple(images.shape), generator=generator, dtype=torch.float32)
+    earlier draw as it was.
+
+    `device` None: a CPU generator, the original streams (the "cpu" noise device). A device: a generator on it with
+    the same seed, drawing there ("device"; on CUDA a Philox stream, different numbers from the CPU's but equally a
+    function of the seed and the shapes alone). The seed is hashed from the pixels on the CPU either way."""
+    where = torch.device("cpu") if device is None else torch.device(device)
+    generator = torch.Generator(device=where).manual_seed(noise_seed(images, seed))
+    draw = partial(torch.randn, generator=generator, device=where)
+    aug = draw(tuple(images.shape), dtype=torch.float32)
     need_unet, need_feat = with_unet or with_feat or with_fill, with_feat or with_fill
-    unet = torch.randn((num_frames, *latent_shape), generator=generator) if need_unet else None
-    feat = torch.randn((num_frames, *feature_shape), generator=generator) if need_feat else None
-    fill = torch.randn(tuple(images.shape[1:]), generator=generator) if with_fill else None
+    unet = draw((num_frames, *latent_shape)) if need_unet else None
+    feat = draw((num_frames, *feature_shape)) if need_feat else None
+    fill = draw(tuple(images.shape[1:])) if with_fill else None
     return SVDNoise(aug=aug, unet=unet if with_unet else None, feat=feat if with_feat else None, fill=fill)
 
 

@@ -1,0 +1,116 @@
+"""GPU benchmark parts on the encoder and on generation (issue 16), run by `benchmarks/gpu_shapes.py --only
+encoder|generate`:
+
+- `encoder`: the SVD encoder (release mode, 448 px, T = 8, bf16, random weights) at batch 16 through the production
+  path (`vision_features`): content-seeded noise drawn on the CPU (today), drawn on the device (`noise_device="device"`,
+  `--model.svd_noise_device device`), and that with the encoder in channels-last memory format; images/s, goal >= 60.
+- `generate`: `vlm.generate` of the DyVA-shaped model with Qwen2.5-1.5B (random weights, bf16), greedy, exactly N new
+  tokens: decode tokens/s at batch 16 and at batch 1 (the N-token time minus the 1-token time, as
+  `benchmarks/generation.py` measures it; goal batch 16 / batch 1 >= 8) and the first-token latency at batch 1 (the
+  1-token call: image transform, both encoders, prefill and one decode step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from benchmarks.generation import decode_rate, ours
+from benchmarks.gpu_common import Candidates, Section, run_each
+from benchmarks.harness import Comparison, Measurement
+from prismatic.assembly import build_vlm
+from prismatic.conf.models import get_model_config
+from prismatic.models.backbones.vision.svd_config import TINY_SVD_CONFIG, SVDEncoderConfig
+from prismatic.models.materialize import get_vision_backbone_and_transform
+from prismatic.models.vlms.visual_features import vision_features
+
+
+def encoder_part(section: Section, settings: Any, args: Any, deadline: float, ceiling: float) -> None:
+    device, smoke = settings.device, settings.smoke
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    config = TINY_SVD_CONFIG if smoke else SVDEncoderConfig()
+    batch = args.encoder_batch or (2 if smoke else 16)
+    with torch.device(device):
+        encoder, _ = get_vision_backbone_and_transform("tiny-svd" if smoke else "svd", svd_config=config,
+                                                       load_weights=False)  # fmt: skip
+    encoder.requires_grad_(False).eval().to(device=device, dtype=dtype)  # .to: see gpu_shapes.svd_part
+    size = config.image_size
+    frames = torch.randint(0, 256, (batch, 1, 3, size, size), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))  # fmt: skip
+    # The collator's frames are on the CPU; the strategy moves the batch to the device before the model runs.
+    pixels = {"svd": frames.to(device), "svd_count": torch.ones(batch, dtype=torch.long, device=device)}
+    section.settings = {"encoder.dtype": str(dtype).removeprefix("torch."), "encoder.batch": batch,
+                        "encoder.image_size": size, "encoder.num_frames": config.num_frames}  # fmt: skip
+
+    def features(noise_device: str) -> Any:
+        encoder.config = replace(encoder.config, noise_device=noise_device)
+        return vision_features(encoder, pixels, frozen=True, per_sample=False)
+
+    def after(name: str, m: Measurement) -> None:
+        m.extra["images_per_s"] = batch / m.median_s
+
+    candidates: Candidates = {
+        f"encoder_b{batch}_cpu_noise": ("noise drawn on the CPU (today's default)", lambda: features("cpu")),
+        f"encoder_b{batch}_device_noise": ("noise drawn on the device (noise_device='device')",
+                                           lambda: features("device")),
+    }
+    measured = run_each(candidates, device, deadline, settings.warmup, settings.reps, section, after)
+    # Channels-last applies to the 2-D convolutions' weights (VAE, U-Net; the temporal 3-D ones have no such format);
+    # irreversible here, so measured last.
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.weight.data = module.weight.data.to(memory_format=torch.channels_last)
+    last = {f"encoder_b{batch}_device_noise_channels_last": ("device noise, encoder in channels-last",
+                                                             lambda: features("device"))}  # fmt: skip
+    measured.update(run_each(last, device, deadline, settings.warmup, settings.reps, section, after))
+    section.note("torch.compile of the U-Net is not part of this run (compile time would not fit its budget)")
+    baseline = measured.get(f"encoder_b{batch}_cpu_noise")
+    for name, m in measured.items():
+        rate = m.extra["images_per_s"]
+        section.comparisons.append(Comparison(f"encoder: images/s, {name.split('_', 2)[2]}", f"images/s at batch "
+                                              f"{batch}", rate, ">= 60" if not smoke else None))  # fmt: skip
+        if baseline is not None and m is not baseline:
+            section.comparisons.append(Comparison(f"encoder: {name.split('_', 2)[2]} / cpu noise",
+                                                  "images/s ratio", rate / baseline.extra["images_per_s"], None))
+
+
+def generate_part(section: Section, settings: Any, args: Any, deadline: float, ceiling: float) -> None:
+    device, smoke = settings.device, settings.smoke
+    big = args.generate_batch or (2 if smoke else 16)
+    new_tokens = args.new_tokens or (3 if smoke else 32)
+    model_cfg = get_model_config("dyva_siglip+tiny" if smoke else "dyva_siglip+7b")
+    model_cfg.llm_backbone_id = args.llm or ("tiny-qwen25" if smoke else "qwen25-1_5b-pure")
+    with torch.device(device):
+        vlm = build_vlm(model_cfg, load_weights=False)
+    vlm.to(device)
+    if device.type == "cuda":
+        vlm.to(torch.bfloat16)  # the README's inference dtype
+    image_size = 448
+    section.settings = {"generate.llm": model_cfg.llm_backbone_id, "generate.new_tokens": new_tokens,
+                        "generate.batches": [1, big]}  # fmt: skip
+    candidates: Candidates = {}
+    for b in (1, big):
+        for n in (new_tokens, 1):
+            candidates[f"generate_b{b}_n{n}"] = (f"vlm.generate, batch {b}, {n} new tokens (greedy, stops blocked)",
+                                                 ours(vlm, b, n, image_size))  # fmt: skip
+
+    def after(name: str, m: Measurement) -> None:
+        m.extra["calls_per_s"] = 1 / m.median_s
+
+    measured = run_each(candidates, device, deadline, settings.warmup, settings.reps, section, after)
+    keys = {f"generate_b{b}_n{n}" for b in (1, big) for n in (new_tokens, 1)}
+    if not keys <= set(measured):
+        section.note("not every generate candidate ran: no decode rates")
+        return
+    rates = {b: decode_rate(measured, "generate", b, new_tokens) for b in (1, big)}
+    for b, rate in rates.items():
+        measured[f"generate_b{b}_n{new_tokens}"].extra["decode_tokens_per_s"] = rate
+    section.comparisons.append(Comparison(f"generate: decode tokens/s, batch {big} / batch 1",
+                                          "decode tokens/s ratio (N-token minus 1-token time)", rates[big] / rates[1],
+                                          ">= 8" if not smoke else None,
+                                          f"{rates[big]:.1f} vs {rates[1]:.1f} tokens/s"))  # fmt: skip
+    first = measured["generate_b1_n1"].median_s
+    section.comparisons.append(Comparison("generate: first-token latency, batch 1 (s)", "median seconds of a "
+                                          "1-token generate: transform, encoders, prefill, one step", first, None))
