@@ -17,14 +17,15 @@ source does not hold (as for `prismatic.load`). A user error prints `error: <mes
 """
 
 import argparse
+from dataclasses import fields
 from pathlib import Path
 
 from prismatic.export import EXPORT_FORMATS, ExportOptions, export_model, push_to_hub
-from prismatic.loader import WeightSources
 from prismatic.training.run_setup import resolve_hf_token
 from prismatic.util.cli import run_cli, user_errors
+from prismatic.weight_sources import WeightSources
 
-SOURCE_FLAGS = ("vision_pretrained_path", "svd_model_id", "svd_variant", "llm_pretrained_path")
+SOURCE_FLAGS = tuple(f.name for f in fields(WeightSources))  # the same sources as prismatic.load's keywords
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

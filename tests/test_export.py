@@ -19,6 +19,7 @@ from prismatic import load
 from prismatic.assembly import build_vlm
 from prismatic.conf.models import get_model_config
 from prismatic.export import ExportOptions, export_model
+from prismatic.models.backbones.vision.video_encoder import VideoDiTEncoder
 from prismatic.models.vlms.generation import prepare_pixel_values
 from prismatic.training.run_setup import encode_config
 
@@ -74,11 +75,12 @@ def test_an_export_loads_alone_with_the_same_weights_and_generations(tiny_run_di
     assert set(load_file(out / "model.safetensors")) == {k for k in reference.state_dict() if k.startswith("projector.")}
 
 
-def _fake_lora_run(root: Path, model_type: str = "dyva_siglip_qwen+tiny", stage: str = "finetune", **fields) -> Path:
-    """A LoRA run directory as scripts/pretrain.py leaves it (config.json + the trainable weights), with random
-    adapter weights (trained ones are not zero), without the training."""
+def _fake_lora_run(root: Path, model_type: str = "dyva_siglip_qwen+tiny", stage: str = "finetune", lora_rank: int = 4,
+                   **fields) -> Path:  # fmt: skip
+    """A (LoRA) run directory as scripts/pretrain.py leaves it (config.json + the trainable weights), with random
+    trained weights (trained adapters are not zero), without the training."""
     cfg = get_model_config(model_type)
-    cfg.lora_rank, cfg.lora_alpha = 4, 8
+    cfg.lora_rank, cfg.lora_alpha = lora_rank, 8
     for key, value in fields.items():
         setattr(cfg, key, value)
     vlm = build_vlm(cfg, stage=stage)
@@ -161,6 +163,29 @@ def _release_copy(run_dir: Path, root: Path) -> Path:
     (folder / "config.json").write_text(json.dumps({"model": {k: config[k] for k in keys}}))
     torch.save({"model": {"projector": projector, "llm_backbone": llm}}, folder / "checkpoints" / "latest-checkpoint.pt")
     return folder
+
+
+@pytest.mark.parametrize(("model_type", "stage"), [
+    ("dyva-cogvideox_siglip+tiny", "finetune-unet"),  # a trained transformer: its weights go into video/
+    ("dyva_dit_siglip+tiny", "finetune"),  # release-mode CogVideoX
+    ("dyva-wan+tiny", "finetune"),  # video-only, with Wan's CLIP tower and image processor
+    ("dyva-ltx_siglip+tiny", "finetune-unet"),
+])  # fmt: skip
+def test_video_model_streams_export_as_their_pipeline_directory(tmp_path: Path, model_type: str, stage: str) -> None:
+    run = _fake_lora_run(tmp_path / "run", model_type, stage=stage, lora_rank=0)
+    reference = load(run)
+    out = export_model(run, tmp_path / "export")
+    shutil.rmtree(run)
+    exported = load(out)
+    _same_model(reference, exported)
+    sources = json.loads((out / "export.json").read_text())["sources"]
+    assert sources["video_model_id"] == "video" and (out / "video" / "empty_prompt_embeds.safetensors").is_file()
+    index = json.loads((out / "video" / "model_index.json").read_text())
+    assert index["transformer"] and index["vae"] and index.get("text_encoder", [None])[0] is None
+    # A complete checkpoint: the blocks after the tap are written (from the source), so the default tap is unchanged.
+    encoder = next(m for m in exported.modules() if isinstance(m, VideoDiTEncoder))
+    config = json.loads((out / "video" / "transformer" / "config.json").read_text())
+    assert config["num_layers"] == encoder.num_blocks > encoder.tap + 1
 
 
 def test_a_released_checkpoint_exports_the_same_way(tiny_run_dir: Path, tmp_path: Path) -> None:

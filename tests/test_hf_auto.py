@@ -131,6 +131,30 @@ def test_prismatic_load_and_save_pretrained_round_trip(llama_export, tmp_path: P
     assert half.generate(**inputs, max_new_tokens=2).shape == (len(prompts), inputs["input_ids"].shape[1] + 2)
 
 
+def test_a_video_model_export_carries_its_prompt_embedding(tmp_path: Path) -> None:
+    """LTX (a prompt embedding with an attention mask) read from a file that is gone when the export is loaded: the
+    export's weights hold the values the framework model ran with, not the seeded random stand-in."""
+    from prismatic.models.backbones.vision.video_encoder import VideoDiTEncoder
+    from prismatic.models.backbones.vision.video_prompt import PromptEmbedding, save_prompt_embedding
+
+    cfg = get_model_config("dyva-ltx_siglip+tiny")
+    stand_in = next(m for m in build_vlm(cfg).modules() if isinstance(m, VideoDiTEncoder)).prompt
+    mask = torch.ones_like(stand_in.attention_mask)
+    mask[-2:] = 0  # padding positions, as a real tokenizer's mask has
+    own = PromptEmbedding(torch.randn(stand_in.embeds.shape, generator=torch.Generator().manual_seed(7)), mask,
+                          {**stand_in.provenance, "source": "test"})  # fmt: skip
+    cfg.video_prompt_embeds = str(save_prompt_embedding(tmp_path / "prompt.safetensors", own))
+    vlm = build_vlm(cfg)
+    out = export_auto(vlm, tmp_path / "out", model_config=cfg)
+    (tmp_path / "prompt.safetensors").unlink()
+    images, prompts = IMAGES[:2], _prompts(vlm)[:2]
+    expected = generate_token_ids(vlm, images, prompts, max_new_tokens=6)
+    for loaded in (AutoModelForImageTextToText.from_pretrained(out).vlm, load(out)):
+        encoder = next(m for m in loaded.modules() if isinstance(m, VideoDiTEncoder))
+        assert torch.equal(encoder.prompt_embeds, own.embeds) and torch.equal(encoder.prompt_attention_mask, mask)
+        assert generate_token_ids(loaded, images, prompts, max_new_tokens=6) == expected
+
+
 def test_import_prismatic_registers_without_importing_transformers() -> None:
     """The registration waits for transformers, even when the first import of transformers comes from the module that
     defines the registered classes, and survives an availability check that imports nothing (diffusers does one)."""

@@ -5,6 +5,8 @@
     OUT/model.safetensors    the projector
     OUT/vision/              the static encoder (timm `save_for_hf`; DINO+SigLIP: dino/ and siglip/)
     OUT/svd/                 the generative SVD encoder (a diffusers pipeline directory)
+    OUT/video/               or a video model's (CogVideoX, Wan, LTX: its image-to-video pipeline directory without text
+                             parts, plus the empty-prompt embedding the encoder reads, `empty_prompt_embeds.safetensors`)
     OUT/llm/                 the LLM (transformers `save_pretrained`) with its tokenizer files
     OUT/adapters/<part>/     peft LoRA adapters (`llm`, `vision`, `unet`), unless `merge` folded them in
     OUT/README.md            the model card; OUT/training_config.yaml the run's config.yaml
@@ -13,8 +15,10 @@ The model is loaded once (`load_for_export`: `prismatic.load`, so the export hol
 other formats start from it too, calling `merge_lora` when they hold no adapters). Each part is then written through
 its library's own saving: adapters via `PeftModel.save_pretrained` (then unloaded) or folded in with
 `merge_and_unload`; the static encoder as a full timm model (the weights the backbone keeps overwrite the source's,
-the dropped last block comes from the source); the SVD components likewise (a U-Net stage's trained U-Net, or tiny
-seeded random components, exactly as the model ran them); the LLM with `save_pretrained`. A native export is itself a
+the dropped last block comes from the source); the SVD or video-model components likewise (a U-Net stage's trained
+U-Net / transformer, or tiny seeded random components, exactly as the model ran them; the blocks after a video model's
+tap come from the source, so the directory is a complete checkpoint and the default tap stays where it was); the LLM
+with `save_pretrained`. A native export is itself a
 valid source (e.g. to merge the adapters of an earlier export).
 """
 
@@ -31,17 +35,18 @@ from safetensors.torch import save_file
 from prismatic.assembly import lora_settings
 from prismatic.conf.models import ModelConfig
 from prismatic.export.card import TRAINING_CONFIG, CardInputs, model_card
-from prismatic.loader import EXPORT_MANIFEST, RUN_CONFIG, RUN_WEIGHTS, WeightSources, load, model_config_of
-from prismatic.models.backbones.vision.registry import VISION_BACKBONES, resolve_vision_backbone_id
+from prismatic.loader import EXPORT_MANIFEST, RUN_CONFIG, RUN_WEIGHTS, load, model_config_of
+from prismatic.models.backbones.vision.registry import VIDEO_KINDS, VISION_BACKBONES, resolve_vision_backbone_id
 from prismatic.models.lora import lora_config, part_modules, to_peft_model
 from prismatic.models.vlms.prismatic import PrismaticVLM
 from prismatic.overwatch import initialize_overwatch
 from prismatic.training.run_setup import encode_config
+from prismatic.weight_sources import WeightSources
 
 overwatch = initialize_overwatch(__name__)
 
 NATIVE_FORMAT_VERSION = 1
-VISION_DIR, SVD_DIR, LLM_DIR, ADAPTERS_DIR = "vision", "svd", "llm", "adapters"
+VISION_DIR, SVD_DIR, VIDEO_DIR, LLM_DIR, ADAPTERS_DIR = "vision", "svd", "video", "llm", "adapters"
 
 
 @dataclass(frozen=True)
@@ -85,14 +90,8 @@ def save_adapters(vlm: PrismaticVLM, model_cfg: ModelConfig, out: Path) -> dict[
 def export_native(source: Path, out: Path, options: ExportOptions) -> Path:
     """Export the model in `source` (a run directory, a released-layout directory or a native export) to `out`;
     returns `out`."""
-    model_cfg, _ = model_config_of(source)
-    spec = VISION_BACKBONES[resolve_vision_backbone_id(model_cfg.vision_backbone_id)]
-    if spec.generative not in (None, "svd"):
-        raise ValueError(
-            f"The native export writes static encoders and SVD streams; {model_cfg.vision_backbone_id!r} has a "
-            f"{spec.generative!r} stream, whose files it does not write yet. Share the run directory instead."
-        )
     vlm, model_cfg, run_config = load_for_export(source, options)
+    spec = VISION_BACKBONES[resolve_vision_backbone_id(model_cfg.vision_backbone_id)]
     if vlm.llm_backbone.tokenizer_is_fallback:
         raise ValueError(
             "The LLM's tokenizer could not be found, so the export would ship a stand-in vocabulary: pass "
@@ -114,12 +113,16 @@ def export_native(source: Path, out: Path, options: ExportOptions) -> Path:
     if spec.generative == "svd":
         _save_svd(vlm, model_cfg, tmp / SVD_DIR)
         sources["svd_model_id"] = SVD_DIR
+    elif spec.generative in VIDEO_KINDS:
+        _save_video(vlm, model_cfg, tmp / VIDEO_DIR)
+        sources["video_model_id"] = VIDEO_DIR
     vlm.llm_backbone.llm.save_pretrained(tmp / LLM_DIR)
     vlm.llm_backbone.tokenizer.save_pretrained(tmp / LLM_DIR)
     projector = {f"projector.{k}": v.detach().clone().contiguous() for k, v in vlm.projector.state_dict().items()}
     save_file(projector, str(tmp / RUN_WEIGHTS), metadata={"model_id": model_cfg.model_id, "format": "pt"})
 
-    exported_cfg = replace(model_cfg, svd_variant=None, **sources)
+    # The directories hold un-suffixed full-precision files, and the video directory its own prompt embedding.
+    exported_cfg = replace(model_cfg, svd_variant=None, video_variant=None, video_prompt_embeds=None, **sources)
     if options.merge:
         exported_cfg = replace(exported_cfg, lora_rank=0, lora_vision=False, lora_unet=False)
     config = dict(run_config or {"stage": "finetune", "num_frames": model_cfg.svd_num_frames})
@@ -195,3 +198,25 @@ def _save_svd(vlm: PrismaticVLM, model_cfg: ModelConfig, directory: Path) -> Non
     for name in ("vae", "unet", "image_encoder"):
         _copy_weights(getattr(components, name), getattr(encoder, name), f"SVD {name}")
     save_svd_components(components, directory)
+
+
+def _save_video(vlm: PrismaticVLM, model_cfg: ModelConfig, directory: Path) -> None:
+    """A video model's components as its pipeline directory (the source's full components overwritten with every
+    weight the encoder holds) plus the encoder's empty-prompt embedding, which it finds there when loaded."""
+    import torch
+
+    from prismatic.models.backbones.vision.video_encoder import VideoDiTEncoder
+    from prismatic.models.backbones.vision.video_prompt import PROMPT_FILE, save_prompt_embedding
+
+    encoder = next(m for m in vlm.vision_backbone.modules() if isinstance(m, VideoDiTEncoder))
+    config = model_cfg.video_encoder_config()
+    family = type(encoder)
+    if config.tiny and config.model_id is None:  # tiny seeded random components: the same seed, the same weights
+        components = family.build_tiny_components(config.seed)
+    else:
+        components = family.load_components(config, torch.float32)
+    for name in ("transformer", "vae", "image_encoder"):
+        if getattr(encoder, name) is not None:
+            _copy_weights(getattr(components, name), getattr(encoder, name), f"{encoder.family} {name}")
+    family.save_components(components, directory)
+    save_prompt_embedding(directory / PROMPT_FILE, encoder.prompt)

@@ -54,9 +54,11 @@ def _run_model_config(run_dir: Path) -> ModelConfig:
 
 
 def _portable(model_cfg: ModelConfig) -> ModelConfig:
-    """The config without this machine's local weight sources (the export holds those weights itself) and without
-    LoRA (the exported weights are plain, adapters merged: `check_no_adapters`)."""
-    changes: dict[str, object] = {"vision_pretrained_path": None, "llm_pretrained_path": None}
+    """The config without this machine's local weight sources (the export holds those weights itself; a video
+    model's empty-prompt embedding too, a persistent buffer) and without LoRA (the exported weights are plain, adapters
+    merged: `check_no_adapters`)."""
+    changes: dict[str, object] = {"vision_pretrained_path": None, "llm_pretrained_path": None,
+                                  "video_prompt_embeds": None}  # fmt: skip
     if "lora_rank" in {f.name for f in fields(model_cfg)}:
         changes["lora_rank"] = 0
     return replace(model_cfg, **changes)

@@ -255,6 +255,10 @@ class CogVideoXEncoder(VideoDiTEncoder):
         return load_cogvideox_components(config.model_id or cls.default_model_id, config.variant, torch_dtype)
 
     @classmethod
+    def save_components(cls, components: VideoComponents, directory: Path) -> Path:
+        return save_cogvideox_components(components, directory)
+
+    @classmethod
     def build_tiny_components(cls, seed: int) -> VideoComponents:
         return build_tiny_cogvideox_components(seed)
 

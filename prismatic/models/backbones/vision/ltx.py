@@ -216,6 +216,10 @@ class LTXVideoEncoder(VideoDiTEncoder):
         return VideoComponents(transformer=transformer.eval(), vae=vae.eval(), scheduler=scheduler)
 
     @classmethod
+    def save_components(cls, components: VideoComponents, directory: Path) -> Path:
+        return save_ltx_components(components, directory)
+
+    @classmethod
     def build_tiny_components(cls, seed: int) -> VideoComponents:
         return build_tiny_ltx_components(seed)
 

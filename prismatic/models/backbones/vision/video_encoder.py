@@ -171,9 +171,12 @@ class VideoDiTEncoder(VisionBackbone):
             )
         self.height, self.width = self.resolve_size()
         self.prompt = self._prompt_embedding()
-        self.register_buffer("prompt_embeds", self.prompt.embeds, persistent=False)
+        # Persistent: the embedding is a fixed input of the model, so every state dict (an hf-auto export's weights, a
+        # training checkpoint) carries the values the encoder ran with.
+        self.register_buffer("prompt_embeds", self.prompt.embeds)
         mask = self.prompt.attention_mask
-        self.register_buffer("prompt_attention_mask", mask if mask is not None else torch.ones(0), persistent=False)
+        self.register_buffer("prompt_attention_mask", mask if mask is not None else torch.ones(0),
+                             persistent=mask is not None)  # fmt: skip
         self.pipeline = self.make_pipeline(components)  # a plain attribute: its modules are registered above
 
     # === What a family says ===
@@ -186,6 +189,12 @@ class VideoDiTEncoder(VisionBackbone):
     @abstractmethod
     def build_tiny_components(cls, seed: int) -> VideoComponents:
         """Seeded random CPU-sized components with the family's real block structure."""
+
+    @classmethod
+    @abstractmethod
+    def save_components(cls, components: VideoComponents, directory: Path) -> Path:
+        """Write full components (VAE decoder included) as the family's image-to-video pipeline directory, without
+        text parts: what `load_components` reads back (the native export writes the encoder this way)."""
 
     @classmethod
     @abstractmethod
@@ -308,20 +317,25 @@ class VideoDiTEncoder(VisionBackbone):
 
     # === Encoding ===
     def _prompt_embedding(self) -> PromptEmbedding:
-        """The given file; else the model directory's own file; else (tiny encoders, architecture-only builds) a
-        seeded random one; else an error that prints the command writing it."""
+        """Architecture-only builds read nothing (a seeded random one of the real shape, which a checkpoint fills: the
+        buffer is persistent). Else the given file; else the model directory's own file; else (tiny encoders) a seeded
+        random one; else an error that prints the command writing it."""
+        if self.architecture_only:
+            return self._random_prompt()
         if self.config.prompt_embeds is not None:
             return load_prompt_embedding(self.config.prompt_embeds, self.family)
         model_id = self.config.model_id or self.default_model_id
         if (Path(model_id) / PROMPT_FILE).is_file():
             return load_prompt_embedding(None, self.family, model_id=model_id)
-        if self.config.tiny or self.architecture_only:
-            tokens, width = self.random_prompt_shape()
-            if self.architecture_only and not self.config.tiny:
-                tokens = self.real_prompt_tokens
-            return random_prompt_embedding((tokens, width), self.config.seed, self.family,
-                                           with_mask=self.prompt_has_mask)  # fmt: skip
+        if self.config.tiny:
+            return self._random_prompt()
         return load_prompt_embedding(None, self.family, model_id=model_id)
+
+    def _random_prompt(self) -> PromptEmbedding:
+        tokens, width = self.random_prompt_shape()
+        if self.architecture_only and not self.config.tiny:
+            tokens = self.real_prompt_tokens
+        return random_prompt_embedding((tokens, width), self.config.seed, self.family, with_mask=self.prompt_has_mask)
 
     def batch_prompt(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The empty-prompt embedding (and attention mask, if the family has one) repeated to the batch."""

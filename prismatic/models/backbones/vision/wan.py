@@ -232,6 +232,10 @@ class WanEncoder(VideoDiTEncoder):
         )
 
     @classmethod
+    def save_components(cls, components: VideoComponents, directory: Path) -> Path:
+        return save_wan_components(components, directory)
+
+    @classmethod
     def build_tiny_components(cls, seed: int) -> VideoComponents:
         """Seeded random CPU-sized components with Wan's structure: 4 `WanTransformerBlock`s (2 heads x 12) with the
         image-token path (image_dim, added_kv_proj_dim), a 4-channel Wan VAE with the real 8x / 4x downsampling (a
