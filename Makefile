@@ -29,7 +29,7 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline OMP_NUM_THREADS=1 $(PY) -m pytest -q -x --durations=15 tests
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline OMP_NUM_THREADS=1 $(PY) -m pytest -q -x -n 2 --dist loadfile --durations=15 tests
 
 # lmms-eval 0.7.3 downgrades wandb / protobuf / filelock, so its integration test gets a virtualenv of its own.
 LMMS_VENV := .venv-lmms
