@@ -11,7 +11,6 @@ first: `shutil.copytree(tiny_run_dir, ...)`).
 """
 
 import os
-from collections import Counter
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -22,15 +21,6 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import TINY_RUN_ID, TINY_RUN_PEAK_FLOPS, TINY_RUN_STEPS, run_pretrain, small_run_args, write_llava_dataset
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Files with the most `slow` tests first, the rest in their usual order (each file's tests keep theirs): under
-    `make test`'s two xdist workers (`--dist loadfile`, a file per worker) the long files start early instead of
-    ending the run on one worker while the other idles."""
-    slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
-    first_seen = {path: i for i, path in enumerate(dict.fromkeys(item.path for item in items))}
-    items.sort(key=lambda item: (-slow[item.path], first_seen[item.path]))
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import importlib.util
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -90,6 +91,28 @@ def test_resume_after_damage_continues_from_the_intact_checkpoint_bit_identicall
     assert "Resumed from" in result.stderr and "step-000003" in result.stderr
     assert losses(run_dir) == losses(tiny_run_dir)  # steps 4-6 trained again, exactly as the first time
     assert CheckpointManager(run_dir, CPU).verify(run_dir / "checkpoints" / "step-000006") == []
+
+
+def test_a_checkpoint_without_a_buffer_the_model_gained_since_resumes_bit_identically(
+    tiny_data_root: Path, tmp_path: Path
+) -> None:
+    """A video model's checkpoint written before its empty-prompt embedding became a persistent buffer (no such key in
+    the DCP metadata, no checksums: the layout of the time): the buffer keeps the value the model was built with."""
+    args = small_run_args(tiny_data_root, tmp_path, "zoo", 6, model_type="dyva-cogvideox_siglip+tiny")
+    run_pretrain(args)
+    run_dir = tmp_path / "zoo"
+    reference = losses(run_dir)
+    checkpoint = run_dir / "checkpoints" / "step-000003"
+    metadata_file = checkpoint / ".metadata"
+    metadata = pickle.loads(metadata_file.read_bytes())
+    prompt_key = "model.vision_backbone.generative.prompt_embeds"
+    del metadata.state_dict_metadata[prompt_key]
+    metadata_file.write_bytes(pickle.dumps(metadata))
+    shutil.rmtree(checkpoint / "checksums")
+    shutil.rmtree(run_dir / "checkpoints" / "step-000006")
+    result = run_pretrain([*args, "--resume", str(checkpoint)])
+    assert "predates the buffers ['vision_backbone.generative.prompt_embeds']" in result.stderr, result.stderr[-3000:]
+    assert losses(run_dir) == reference
 
 
 @pytest.fixture

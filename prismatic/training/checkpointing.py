@@ -295,8 +295,9 @@ class CheckpointManager:
                 f"Checkpoint {checkpoint} was saved with another set of trainable parameters (only in the checkpoint: "
                 f"{extra}; only in this model: {absent}); resume with the model config and stage of that run."
             )
-        check_dcp_metadata(checkpoint)  # before DCP unpickles anything of it
+        stored = check_dcp_metadata(checkpoint)  # before DCP unpickles anything of it
         model_state, optim_state = get_state_dict(strategy.model, strategy.optimizer, options=_options())
+        _skip_buffers_not_stored(model_state, stored, strategy, checkpoint)
         tensors = {"model": model_state, "optim": optim_state["state"]}
         with _quiet_single_process():
             dcp.load(tensors, checkpoint_id=str(checkpoint), no_dist=not self.ctx.is_distributed)
@@ -323,6 +324,18 @@ class CheckpointManager:
             )
         overwatch.info(f"Resumed from {checkpoint} at step {state.step} (epoch {state.epoch})")
         return state
+
+
+def _skip_buffers_not_stored(model_state: dict, stored: set[str], strategy: TrainingStrategy, checkpoint: Path) -> None:
+    """A buffer the model gained after the checkpoint was written (e.g. a video encoder's empty-prompt embedding, a
+    persistent buffer since 2026-12-04) keeps the value the model was built with (the run's own input file) instead
+    of failing the resume; a missing trainable tensor still fails in DCP."""
+    buffers = {name for name, _ in strategy.vlm.named_buffers()}
+    skipped = sorted(key for key in model_state if f"model.{key}" not in stored and key in buffers)
+    for key in skipped:
+        del model_state[key]
+    if skipped:
+        overwatch.warning(f"{checkpoint} predates the buffers {skipped}: they keep the values the model was built with.")
 
 
 def export_weights(strategy: TrainingStrategy, path: Path, ctx: DistributedContext, metadata: dict[str, str]) -> None:

@@ -129,10 +129,12 @@ class _MetadataUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def check_dcp_metadata(checkpoint: Path) -> None:
+def check_dcp_metadata(checkpoint: Path) -> set[str]:
     """Refuse a checkpoint whose DCP metadata could run code when DCP loads it: every `*.metadata` file must unpickle
     with `_MetadataUnpickler` into DCP Metadata whose entries are all tensors (a "bytes" entry is an arbitrary pickle
-    that DCP would load with weights_only=False). Raises ValueError naming the file and what to do."""
+    that DCP would load with weights_only=False). Raises ValueError naming the file and what to do; returns the keys
+    the checkpoint stores (e.g. "model.projector.fc1.weight")."""
+    stored: set[str] = set()
     for file in sorted(Path(checkpoint).glob("*" + DCP_METADATA_FILE)):
         try:
             with file.open("rb") as stream:
@@ -143,9 +145,11 @@ def check_dcp_metadata(checkpoint: Path) -> None:
                            if not isinstance(entry, dcp_metadata.TensorStorageMetadata))  # fmt: skip
             if other:
                 raise pickle.UnpicklingError(f"entries {other[:5]} are pickled objects, not tensors")
+            stored.update(metadata.state_dict_metadata)
         except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError) as error:
             raise ValueError(
                 f"Refusing to load checkpoint {checkpoint}: {file} is not the metadata of a plain tensor checkpoint "
                 f"({error}), and loading it could run code. Resume only from checkpoints written by "
                 "scripts/pretrain.py (e.g. --resume auto for this run's own), or start without --resume."
             ) from error
+    return stored
