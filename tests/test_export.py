@@ -20,6 +20,7 @@ from prismatic.assembly import build_vlm
 from prismatic.conf.models import get_model_config
 from prismatic.export import ExportOptions, export_model
 from prismatic.models.backbones.vision.video_encoder import VideoDiTEncoder
+from prismatic.models.backbones.vision.video_prompt import PromptEmbedding, save_prompt_embedding
 from prismatic.models.vlms.generation import prepare_pixel_values
 from prismatic.training.run_setup import encode_config
 
@@ -172,10 +173,17 @@ def _release_copy(run_dir: Path, root: Path) -> Path:
     ("dyva-ltx_siglip+tiny", "finetune-unet"),
 ])  # fmt: skip
 def test_video_model_streams_export_as_their_pipeline_directory(tmp_path: Path, model_type: str, stage: str) -> None:
-    run = _fake_lora_run(tmp_path / "run", model_type, stage=stage, lora_rank=0)
+    # The empty-prompt embedding from a file of the run's (not the tiny encoder's seeded stand-in), gone with the run.
+    stand_in = next(m for m in build_vlm(get_model_config(model_type)).modules() if isinstance(m, VideoDiTEncoder))
+    g = torch.Generator().manual_seed(5)
+    prompt = PromptEmbedding(torch.randn(stand_in.prompt_embeds.shape, generator=g), stand_in.prompt.attention_mask,
+                             stand_in.prompt.provenance)  # fmt: skip
+    prompt_file = save_prompt_embedding(tmp_path / "run-inputs" / "prompt.safetensors", prompt)
+    run = _fake_lora_run(tmp_path / "run", model_type, stage=stage, lora_rank=0, video_prompt_embeds=str(prompt_file))
     reference = load(run)
     out = export_model(run, tmp_path / "export")
     shutil.rmtree(run)
+    shutil.rmtree(prompt_file.parent)
     exported = load(out)
     _same_model(reference, exported)
     sources = json.loads((out / "export.json").read_text())["sources"]

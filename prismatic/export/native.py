@@ -206,7 +206,7 @@ def _save_video(vlm: PrismaticVLM, model_cfg: ModelConfig, directory: Path) -> N
     import torch
 
     from prismatic.models.backbones.vision.video_encoder import VideoDiTEncoder
-    from prismatic.models.backbones.vision.video_prompt import PROMPT_FILE, save_prompt_embedding
+    from prismatic.models.backbones.vision.video_prompt import PROMPT_FILE, PromptEmbedding, save_prompt_embedding
 
     encoder = next(m for m in vlm.vision_backbone.modules() if isinstance(m, VideoDiTEncoder))
     config = model_cfg.video_encoder_config()
@@ -219,4 +219,7 @@ def _save_video(vlm: PrismaticVLM, model_cfg: ModelConfig, directory: Path) -> N
         if getattr(encoder, name) is not None:
             _copy_weights(getattr(components, name), getattr(encoder, name), f"{encoder.family} {name}")
     family.save_components(components, directory)
-    save_prompt_embedding(directory / PROMPT_FILE, encoder.prompt)
+    # The buffers, not `encoder.prompt`: they hold what the model runs with (a checkpoint may have filled them).
+    mask = encoder.prompt_attention_mask if encoder.prompt_attention_mask.numel() else None
+    prompt = PromptEmbedding(encoder.prompt_embeds, mask, encoder.prompt.provenance)
+    save_prompt_embedding(directory / PROMPT_FILE, prompt)
