@@ -18,8 +18,7 @@ its library's own saving: adapters via `PeftModel.save_pretrained` (then unloade
 the dropped last block comes from the source); the SVD or video-model components likewise (a U-Net stage's trained
 U-Net / transformer, or tiny seeded random components, exactly as the model ran them; the blocks after a video model's
 tap come from the source, so the directory is a complete checkpoint and the default tap stays where it was); the LLM
-with `save_pretrained`. A native export is itself a
-valid source (e.g. to merge the adapters of an earlier export).
+with `save_pretrained`. A native export is itself a valid source (e.g. to merge the adapters of an earlier export).
 """
 
 from __future__ import annotations
