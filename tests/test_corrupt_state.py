@@ -3,26 +3,30 @@
 - A checkpoint file truncated or altered: resume finds it by its checksums, names the file, and continues from the
   newest intact checkpoint (bit-identical to an uninterrupted run); a named damaged checkpoint is refused; nothing
   fails with a low-level error.
-- A save that fails half-way (the writer hits "No space left on device"): the partial directory is removed, the
-  earlier checkpoint stays usable, and the run stops with CheckpointSaveError.
+- A save that fails half-way on a full disk (an OSError from a Python write, or a short write inside torch.save, which
+  it reports as a RuntimeError): the partial directory is removed, the earlier checkpoint stays usable, and
+  the run stops with CheckpointSaveError naming the cause and the free space.
 - A feature-cache chunk truncated or altered: its entries are encoded live (the losses are those of a run without the
   cache), and `cache_features.py --verify` rebuilds it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib.util
+import io
 import json
 import pickle
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import draccus
 import pytest
 import torch
 from helpers import REPO, TINY_RUN_ID, TINY_RUN_PEAK_FLOPS, TINY_RUN_STEPS, losses, run_pretrain, small_run_args
-from torch.distributed.checkpoint.filesystem import FileSystemWriter
+from torch.distributed.checkpoint.filesystem import FileSystem, FileSystemWriter
 
 from prismatic.conf.pretrain import PretrainConfig
 from prismatic.training.checkpointing import CheckpointManager, CheckpointSaveError
@@ -133,10 +137,8 @@ def _pretrain_in_process(args: list[str]) -> Path:
     return module.pretrain(draccus.parse(PretrainConfig, args=args))
 
 
-def test_a_save_that_fails_half_way_keeps_the_previous_checkpoint_and_stops_the_run(
-    tiny_data_root: Path, tiny_run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None
-) -> None:
-    """The second save (step 6) writes part of its shard and then the disk is full."""
+def _writer_fails_on_second_save(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Python-level write error: the writer writes part of its shard, then raises ENOSPC as an OSError."""
     write_data, calls = FileSystemWriter.write_data, {"n": 0}
 
     def disk_full_on_second_save(self, plan, planner):
@@ -150,14 +152,84 @@ def test_a_save_that_fails_half_way_keeps_the_previous_checkpoint_and_stops_the_
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(FileSystemWriter, "write_data", disk_full_on_second_save)
+
+
+class _NearlyFullDisk(io.RawIOBase):
+    """A file on a disk with `space` bytes left, with write(2)'s semantics there: a write that does not fit is cut
+    short (returns fewer bytes), the next one fails with ENOSPC."""
+
+    def __init__(self, path: Path, space: int) -> None:
+        self.file, self.space = path.open("wb", buffering=0), space
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self.file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def write(self, data) -> int:
+        if self.space == 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written = self.file.write(bytes(memoryview(data)[: self.space]))
+        self.space -= written
+        return written
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
+
+
+def _shard_fills_the_disk_on_second_save(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second save's shard meets a disk with 1 KiB left. torch.save (inside DCP) sees the short write in its C++
+    zip writer and reports `RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos ...` with no
+    errno: the form a CI run on a full disk printed (and a full tmpfs gives the same)."""
+    create_stream, calls = FileSystem.create_stream, {"n": 0}
+
+    @contextlib.contextmanager
+    def nearly_full_disk_for_the_second_shard(self, path, mode):
+        calls["n"] += str(path).endswith(".distcp")
+        if calls["n"] < 2 or not str(path).endswith(".distcp"):
+            with create_stream(self, path, mode) as stream:
+                yield stream
+            return
+        with io.BufferedWriter(_NearlyFullDisk(Path(path), space=1024)) as stream:
+            yield stream
+
+    monkeypatch.setattr(FileSystem, "create_stream", nearly_full_disk_for_the_second_shard)
+
+
+@pytest.mark.parametrize(
+    ("fail", "cause"),
+    [(_writer_fails_on_second_save, "No space left on device"),
+     (_shard_fills_the_disk_on_second_save, "inline_container.*unexpected pos")],
+    ids=["oserror", "short-write"],
+)  # fmt: skip
+def test_a_save_that_fails_half_way_keeps_the_previous_checkpoint_and_stops_the_run(
+    fail: Callable[[pytest.MonkeyPatch], None],
+    cause: str,
+    tiny_data_root: Path,
+    tiny_run_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    one_thread: None,
+) -> None:
+    """The second save (step 6) fails on a full disk, in either form the writers report it."""
+    fail(monkeypatch)
     args = small_run_args(tiny_data_root, tmp_path, "full-disk", TINY_RUN_STEPS)
-    with pytest.raises(CheckpointSaveError, match=r"step 6 .*No space left on device.*step-000003 \(step 3\) is intact"):
+    message = rf"step 6 .*{cause}.*GiB free on .*step-000003 \(step 3\) is intact.*--resume auto"
+    with pytest.raises(CheckpointSaveError, match=message):
         _pretrain_in_process(args)
     run_dir = tmp_path / "full-disk"
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-000003"]  # partial files removed
     assert CheckpointManager(run_dir, CPU).verify(run_dir / "checkpoints" / "step-000003") == []
 
-    monkeypatch.setattr(FileSystemWriter, "write_data", write_data)
+    monkeypatch.undo()
     _pretrain_in_process([*args, "--resume", "auto"])
     assert losses(run_dir) == losses(tiny_run_dir)
 

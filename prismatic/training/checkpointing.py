@@ -107,10 +107,27 @@ def missing_parts(checkpoint: Path) -> list[str]:
     return [name for name in expected if not (checkpoint / name).is_file()]
 
 
+def _is_write_failure(error: BaseException) -> bool:
+    """A failed write to the file system. PyTorch's zip writer (`torch.save`, which DCP uses for every shard) turns a
+    failed write (disk full, an I/O error) into a RuntimeError raised from its C++ `inline_container` with no errno
+    ("unexpected pos 704 vs 598"), so that form counts too: seen on a full disk and on /dev/full."""
+    return isinstance(error, OSError) or (isinstance(error, RuntimeError) and "inline_container" in str(error))
+
+
 def _io_failures(error: CheckpointException) -> list[BaseException]:
-    """The file-system errors (OSError) among the per-rank failures DCP collected."""
+    """The file-system errors among the per-rank failures DCP collected."""
     failures = [failure[0] if isinstance(failure, tuple) else failure for failure in error.failures.values()]
-    return [failure for failure in failures if isinstance(failure, OSError)]
+    return [failure for failure in failures if _is_write_failure(failure)]
+
+
+def _free_space(path: Path) -> str:
+    """Free space on the file system holding `path` (or its nearest existing parent), for error messages."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return f"{shutil.disk_usage(path).free / 2**30:.2f} GiB free on {path}"
+    except OSError:
+        return f"free space on {path} unknown"
 
 
 @contextlib.contextmanager
@@ -223,18 +240,21 @@ class CheckpointManager:
         tmp = self.root / (TMP_PREFIX + step_dir_name(step))
         try:
             return self._write(strategy, step, epoch, sampler_state, tmp, final)
-        except (OSError, CheckpointException) as error:
+        except (OSError, RuntimeError, CheckpointException) as error:
             if isinstance(error, CheckpointException) and not _io_failures(error):
                 raise  # not the file system: a bug, keep its traceback
+            if not isinstance(error, CheckpointException) and not _is_write_failure(error):
+                raise
             if self.ctx.is_rank_zero:
                 shutil.rmtree(tmp, ignore_errors=True)
             complete = self.complete_checkpoints()
             kept = (f"the previous checkpoint {complete[-1][1]} (step {complete[-1][0]}) is intact" if complete
                     else "no earlier checkpoint of this run exists")  # fmt: skip
-            cause = error if isinstance(error, OSError) else "; ".join(map(str, _io_failures(error)))
+            causes = _io_failures(error) if isinstance(error, CheckpointException) else [error]
+            cause = "; ".join(str(failure).strip() for failure in causes)
             raise CheckpointSaveError(
-                f"Writing checkpoint step {step} to {tmp} failed ({cause}); its partial files were removed and {kept}. "
-                "Free disk space or fix the file system, then continue with --resume auto."
+                f"Writing checkpoint step {step} to {tmp} failed ({cause}; {_free_space(self.root)}); its partial files "
+                f"were removed and {kept}. Free disk space or fix the file system, then continue with --resume auto."
             ) from error
 
     def _write(
