@@ -1,10 +1,13 @@
 """The world model's training script end to end on a toy manifest (coloured squares moving one pixel per frame, PNG
 frames): metrics and per-sigma validation losses, the exported diffusers directory (loaded by the diffusers pipeline
-and by the VLM's SVD encoder), the samples, a bit-exact `--resume auto`, and 2-process FSDP against 1 process."""
+and by the VLM's SVD encoder), the samples, a bit-exact `--resume auto`, the checkpoint guarantees of the framework
+(checksums, a damaged checkpoint skipped, a failed save, unsafe DCP metadata refused), and 2-process FSDP against 1
+process."""
 
 import importlib.util
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -130,6 +133,56 @@ def test_resume_auto_is_bit_exact(manifest: Path, full_run: Path, tmp_path: Path
     assert losses(resumed) == losses(full_run)  # bit-exact, not approximately
     rows, reference = read_metrics(resumed / "metrics.jsonl"), read_metrics(full_run / "metrics.jsonl")
     assert rows[-1]["val/loss"] == reference[-1]["val/loss"]
+
+
+def test_checkpoints_carry_checksums_and_a_damaged_one_is_skipped(
+    manifest: Path, full_run: Path, tmp_path: Path
+) -> None:
+    """The framework's checkpoint guarantees hold for the world model: checksums written with every checkpoint,
+    `--resume auto` skips a damaged one and resumes bit-exactly from the one before."""
+    from prismatic.training import integrity
+
+    stopped = train(config(manifest, tmp_path, "damaged", stop_after_step=2, save_interval=1, num_samples=0))
+    step1, step2 = (stopped / "checkpoints" / name for name in ("step-000001", "step-000002"))
+    assert integrity.has_checksums(step1) and integrity.has_checksums(step2)
+    shard = step2 / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    resumed = train(config(manifest, tmp_path, "damaged", resume="auto", num_samples=0))
+    assert losses(resumed) == losses(full_run)  # from step 1: steps 2-4 again, bit-exact
+
+
+def test_a_failing_save_stops_with_checkpoint_save_error(
+    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second save meets a nearly full disk (torch.save's short-write RuntimeError inside DCP): the partial
+    directory is removed, step 1 stays, and the error says what to do."""
+    from test_corrupt_state import _shard_fills_the_disk_on_second_save
+
+    from prismatic.training.checkpointing import CheckpointSaveError
+
+    _shard_fills_the_disk_on_second_save(monkeypatch)
+    with pytest.raises(CheckpointSaveError, match=r"step 2 .*unexpected pos.*step-000001 \(step 1\) is intact"):
+        train(config(manifest, tmp_path, "full", save_interval=1, num_samples=0))
+    assert [p.name for p in (tmp_path / "full" / "checkpoints").iterdir()] == ["step-000001"]
+
+
+def test_resume_refuses_dcp_metadata_that_would_run_code(manifest: Path, tmp_path: Path) -> None:
+    """A checkpoint without checksums (as an older or a foreign one would be) whose `.metadata` is a pickle that runs
+    a command: refused before DCP unpickles it."""
+    import shutil
+
+    from test_untrusted_inputs import RunsCode
+
+    from prismatic.training import integrity
+
+    run_dir = train(config(manifest, tmp_path, "foreign", stop_after_step=1, num_samples=0))
+    checkpoint = run_dir / "checkpoints" / "step-000001"
+    shutil.rmtree(checkpoint / integrity.CHECKSUMS_DIR, ignore_errors=True)
+    marker = tmp_path / "pwned"
+    (checkpoint / ".metadata").write_bytes(pickle.dumps(RunsCode(marker)))
+    with pytest.raises(ValueError, match="not the metadata of a plain tensor checkpoint"):
+        train(config(manifest, tmp_path, "foreign", resume="auto", num_samples=0))
+    assert not marker.exists()
 
 
 @pytest.mark.slow

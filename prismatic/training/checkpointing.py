@@ -234,12 +234,29 @@ class CheckpointManager:
 
     # === Save ===
     def save(self, strategy: TrainingStrategy, step: int, epoch: int, sampler_state: dict[str, Any]) -> Path:
-        """Collective: every rank calls it. Returns the final checkpoint directory. A write that fails (OSError,
-        also inside DCP's writers) removes the partial directory and raises CheckpointSaveError."""
-        final = self.root / step_dir_name(step)
-        tmp = self.root / (TMP_PREFIX + step_dir_name(step))
+        """Collective: every rank calls it. Returns the final checkpoint directory (see `save_tensors`)."""
+        model_state, optim_state = get_state_dict(strategy.model, strategy.optimizer, options=_options())
+        state = TrainerState(
+            step=step,
+            epoch=epoch,
+            scheduler=strategy.scheduler.state_dict(),
+            sampler=sampler_state,
+            world_size=self.ctx.world_size,
+            trainable_parameters=trainable_names(strategy),
+        )
+        return self.save_tensors({"model": model_state, "optim": optim_state["state"]}, state)
+
+    def save_tensors(
+        self, tensors: dict[str, Any], state: TrainerState, rng_extra: dict[str, Any] | None = None
+    ) -> Path:
+        """Collective: one checkpoint in the layout above, for any training loop (the VLM trainer, the world model):
+        `tensors` through DCP, each rank's RNG states (plus `rng_extra`), checksums, `state` last. A write that fails
+        (disk full, an I/O error; also inside DCP's writers) removes the partial directory and raises
+        CheckpointSaveError."""
+        final = self.root / step_dir_name(state.step)
+        tmp = self.root / (TMP_PREFIX + step_dir_name(state.step))
         try:
-            return self._write(strategy, step, epoch, sampler_state, tmp, final)
+            return self._write(tensors, state, rng_extra or {}, tmp, final)
         except (OSError, RuntimeError, CheckpointException) as error:
             if isinstance(error, CheckpointException) and not _io_failures(error):
                 raise  # not the file system: a bug, keep its traceback
@@ -253,41 +270,28 @@ class CheckpointManager:
             causes = _io_failures(error) if isinstance(error, CheckpointException) else [error]
             cause = "; ".join(str(failure).strip() for failure in causes)
             raise CheckpointSaveError(
-                f"Writing checkpoint step {step} to {tmp} failed ({cause}; {_free_space(self.root)}); its partial files "
-                f"were removed and {kept}. Free disk space or fix the file system, then continue with --resume auto."
+                f"Writing checkpoint step {state.step} to {tmp} failed ({cause}; {_free_space(self.root)}); its partial "
+                f"files were removed and {kept}. Free disk space or fix the file system, then continue with "
+                "--resume auto."
             ) from error
 
-    def _write(
-        self, strategy: TrainingStrategy, step: int, epoch: int, sampler_state: dict[str, Any], tmp: Path, final: Path
-    ) -> Path:
+    def _write(self, tensors: dict[str, Any], state: TrainerState, rng_extra: dict[str, Any], tmp: Path,
+               final: Path) -> Path:  # fmt: skip
         if self.ctx.is_rank_zero:
             shutil.rmtree(tmp, ignore_errors=True)
             (tmp / RNG_DIR).mkdir(parents=True)
             (tmp / integrity.CHECKSUMS_DIR).mkdir()
         self.ctx.barrier()
 
-        model_state, optim_state = get_state_dict(strategy.model, strategy.optimizer, options=_options())
         with _quiet_single_process():
-            dcp.save(
-                {"model": model_state, "optim": optim_state["state"]},
-                checkpoint_id=str(tmp),
-                no_dist=not self.ctx.is_distributed,
-            )
+            dcp.save(tensors, checkpoint_id=str(tmp), no_dist=not self.ctx.is_distributed)
         rng_file = tmp / RNG_DIR / f"rank-{self.ctx.rank:05d}.json"
-        write_json_atomic(rng_file, capture_rng_state(), indent=1)
+        write_json_atomic(rng_file, {**capture_rng_state(), **rng_extra}, indent=1)
         own_files = integrity.rank_files(tmp, self.ctx.rank, rng_file, with_metadata=self.ctx.is_rank_zero)
         integrity.write_manifest(tmp, integrity.rank_manifest_name(self.ctx.rank), own_files)
         self.ctx.barrier()
 
         if self.ctx.is_rank_zero:
-            state = TrainerState(
-                step=step,
-                epoch=epoch,
-                scheduler=strategy.scheduler.state_dict(),
-                sampler=sampler_state,
-                world_size=self.ctx.world_size,
-                trainable_parameters=trainable_names(strategy),
-            )
             write_json_atomic(tmp / TRAINER_STATE_FILE, asdict(state), indent=1)
             integrity.write_manifest(tmp, integrity.TRAINER_STATE_DIGEST, [tmp / TRAINER_STATE_FILE])
             if final.exists():  # the same step saved again (e.g. after a resume): replace it

@@ -1,22 +1,21 @@
-"""World-model training checkpoints: the framework's layout and atomic-complete rules, for the objective's state.
+"""World-model training checkpoints: the framework's layout, checksums and atomic-complete rules, for the objective.
 
-The framework's `CheckpointManager` (`training/checkpointing.py`) finds, resolves (`--resume auto`), validates and
-prunes checkpoints; only its save and load read a VLM strategy, so they are redone here for the objective:
+The framework's `CheckpointManager` (`training/checkpointing.py`) finds, resolves (`--resume auto`), verifies,
+writes (`save_tensors`: checksums, a failed write -> CheckpointSaveError) and prunes checkpoints; only the state it
+saves and restores is the objective's here:
 
 - DCP shards + `.metadata`: the trainable weights (`model.unet.*`, sharded or not) and the optimizer state
   (`optim.*`), through `get_state_dict` like the framework (frozen VAE / CLIP are rebuilt from their source);
 - `rng/rank-00000.json`: the rank's python / numpy / torch states plus its slot generators' states (`generators`);
 - `trainer_state.json` (written last): step, epoch, scheduler, data position, world size, trainable names.
 
-Written under `.tmp-step-N/` and renamed once complete; `keep_last` complete checkpoints are kept.
+Written under `.tmp-step-N/` and renamed once complete; `keep_last` complete checkpoints are kept. A checkpoint with
+damaged files is skipped by `--resume auto`, and its DCP metadata is checked before DCP unpickles it, as for the VLM.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +27,14 @@ from torch.optim.lr_scheduler import LRScheduler
 from prismatic.overwatch import initialize_overwatch
 from prismatic.training.checkpointing import (
     RNG_DIR,
-    TMP_PREFIX,
     TRAINER_STATE_FILE,
     CheckpointManager,
     TrainerState,
     _options,
     _quiet_single_process,
-    step_dir_name,
 )
-from prismatic.training.rng import capture_rng_state, restore_rng_state
-from prismatic.util.io import write_json_atomic
+from prismatic.training.integrity import check_dcp_metadata
+from prismatic.training.rng import restore_rng_state
 from prismatic.world_model.svd_objective import SVDWorldModelObjective
 
 overwatch = initialize_overwatch(__name__)
@@ -52,36 +49,24 @@ def _generator_states(generators: list[torch.Generator]) -> list[list[int]]:
 
 
 class WorldModelCheckpoints(CheckpointManager):
-    """`CheckpointManager` (finding, `resume`, pruning) with save/load of the objective, optimizer and generators."""
+    """`CheckpointManager` (finding, `resume`, verifying, pruning, the save itself) for the objective, optimizer and
+    generators."""
 
     def save_state(self, objective: SVDWorldModelObjective, optimizer: torch.optim.Optimizer, scheduler: LRScheduler,
                    generators: list[torch.Generator], step: int, epoch: int, data: dict[str, Any]) -> Path:  # fmt: skip
-        """Collective: every rank calls it. Returns the final checkpoint directory."""
-        final = self.root / step_dir_name(step)
-        tmp = self.root / (TMP_PREFIX + step_dir_name(step))
-        if self.ctx.is_rank_zero:
-            shutil.rmtree(tmp, ignore_errors=True)
-            (tmp / RNG_DIR).mkdir(parents=True)
-        self.ctx.barrier()
+        """Collective: every rank calls it. Returns the final checkpoint directory; a failed write raises
+        CheckpointSaveError with the partial directory removed (`CheckpointManager.save_tensors`)."""
         model_state, optim_state = get_state_dict(objective, optimizer, options=_options())
-        with _quiet_single_process():
-            dcp.save({"model": model_state, "optim": optim_state["state"]}, checkpoint_id=str(tmp),
-                     no_dist=not self.ctx.is_distributed)  # fmt: skip
-        rng = {**capture_rng_state(), "generators": _generator_states(generators)}
-        write_json_atomic(tmp / RNG_DIR / f"rank-{self.ctx.rank:05d}.json", rng)
-        self.ctx.barrier()
-        if self.ctx.is_rank_zero:
-            names = trainable_names(objective)
-            state = TrainerState(step=step, epoch=epoch, scheduler=scheduler.state_dict(), sampler=data,
-                                 world_size=self.ctx.world_size, trainable_parameters=names)  # fmt: skip
-            write_json_atomic(tmp / TRAINER_STATE_FILE, asdict(state), indent=1)
-            if final.exists():  # the same step saved again (e.g. after a resume): replace it
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            self._prune()
-        self.ctx.barrier()
-        overwatch.info(f"Saved checkpoint {final}")
-        return final
+        state = TrainerState(
+            step=step,
+            epoch=epoch,
+            scheduler=scheduler.state_dict(),
+            sampler=data,
+            world_size=self.ctx.world_size,
+            trainable_parameters=trainable_names(objective),
+        )
+        return self.save_tensors({"model": model_state, "optim": optim_state["state"]}, state,
+                                 rng_extra={"generators": _generator_states(generators)})  # fmt: skip
 
     def load_state(self, checkpoint: Path, objective: SVDWorldModelObjective, optimizer: torch.optim.Optimizer,
                    scheduler: LRScheduler, generators: list[torch.Generator]) -> TrainerState:  # fmt: skip
@@ -92,6 +77,7 @@ class WorldModelCheckpoints(CheckpointManager):
                 f"Checkpoint {checkpoint} was saved with other trainable parameters (train_vae / "
                 "train_image_encoder or the SVD architecture differ); resume with that run's options."
             )
+        check_dcp_metadata(checkpoint)  # before DCP unpickles anything of it
         model_state, optim_state = get_state_dict(objective, optimizer, options=_options())
         tensors = {"model": model_state, "optim": optim_state["state"]}
         with _quiet_single_process():
