@@ -186,25 +186,42 @@ def test_resume_refuses_dcp_metadata_that_would_run_code(manifest: Path, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("strategy", "tolerance"), [("fsdp", 1e-5), ("ddp", 1e-6)])
-def test_two_processes_match_one(manifest: Path, tmp_path: Path, strategy: str, tolerance: float) -> None:
-    # 1 process x 2 micro-batches against 2 processes x 1: the same slots, so the same clips and noise per step.
-    # lr 1e-5: under FSDP2 the conv weight gradients differ from the unsharded ones by ~1e-5 relative (another
-    # kernel path on CPU, measured on 1 rank too), and Adam's first steps (~lr * sign(g)) turn that into loss
-    # differences proportional to lr: 3e-4 at step 3 with lr 1e-3, within 1e-5 at 1e-5. DDP matches bit-exactly here.
+@pytest.mark.parametrize(
+    ("strategy", "compared_steps", "tolerance", "val_tolerance"), [("fsdp", 1, 1e-5, 1e-4), ("ddp", 3, 1e-6, 1e-6)]
+)
+def test_two_processes_match_one(
+    manifest: Path, tmp_path: Path, strategy: str, compared_steps: int, tolerance: float, val_tolerance: float
+) -> None:
+    """1 process x 2 micro-batches against 2 processes x 1: the same slots, so the same clips and noise per step.
+
+    DDP is bit-exact here, so all 3 steps are compared. FSDP2 is exact up to float summation order: its backward
+    hooks change the order in which autograd sums the gradient contributions where the U-Net's skip connections
+    meet (on one rank too: the up blocks' gradients are bit-equal, the differences start in the last down block).
+    Some gradients of the tiny random U-Net are pure cancellation noise (per-channel terms before a GroupNorm with
+    one channel per group; relative differences up to 2, i.e. opposite signs), and Adam turns each into a full +-lr
+    step, so from the second update on the runs are chaotic, not comparable: the step-2 gradient norms were 42.7 vs
+    72.5 and the step-3 losses 9e-5 apart at lr 1e-5 on an AMD EPYC (within 1e-5 on an Intel Xeon; not monotone in
+    lr). What one update decides is compared for FSDP: step 1 (clips, noise, loss, gradient averaging), the first
+    sharded Adam update (the step-2 loss moves 1.8e-3 from lr 0; the runs agree to 1.4e-6) and the validation after
+    it (1.2e-5 apart, at fixed sigmas whose bins differ by ~0.05, so a validation over other clips or noise would be
+    off by ~1e-2).
+    """
     common = ["--manifest", str(manifest), "--svd_model_id", "tiny", "--num_frames", str(FRAMES), "--image_size",
               str(SIZE), "--val_fraction", "0.25", "--max_steps", "3", "--global_batch_size", "2",
               "--per_device_batch_size", "1", "--learning_rate", "1e-5", "--run_root_dir", str(tmp_path), "--seed", "3",
-              "--save_interval", "null", "--val_every", "3", "--num_samples", "0"]  # fmt: skip
+              "--save_interval", "null", "--val_every", "1", "--num_samples", "0"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     single = [sys.executable, str(SCRIPT), *common, "--run_id", "one", "--strategy", "single"]
     subprocess.run(single, check=True, env=env, cwd=REPO, timeout=300, capture_output=True)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(SCRIPT),
                 *common, "--run_id", "two", "--strategy", strategy]  # fmt: skip
     subprocess.run(torchrun, check=True, env=env, cwd=REPO, timeout=300, capture_output=True)
-    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
-    assert len(one) == len(two) == 3
-    assert two == pytest.approx(one, abs=tolerance, rel=0)
-    val_one, val_two = (read_metrics(tmp_path / run / "metrics.jsonl")[-1]["val/loss"] for run in ("one", "two"))
-    assert val_two == pytest.approx(val_one, abs=tolerance, rel=0)
+    one, two = (read_metrics(tmp_path / run / "metrics.jsonl") for run in ("one", "two"))
+    assert [row["step"] for row in one] == [row["step"] for row in two] == [1, 2, 3]
+    assert two[0]["loss"] == one[0]["loss"]
+    assert two[0]["grad_norm"] == pytest.approx(one[0]["grad_norm"], rel=1e-3)  # averaged, not summed (x2)
+    compared = slice(0, compared_steps + 1)  # the losses after `compared_steps` updates
+    assert [r["loss"] for r in two[compared]] == pytest.approx([r["loss"] for r in one[compared]], abs=tolerance, rel=0)
+    val_one, val_two = ([r["val/loss"] for r in rows[:compared_steps]] for rows in (one, two))
+    assert val_two == pytest.approx(val_one, abs=val_tolerance, rel=0)
     assert (tmp_path / "two" / "world_model" / "model_index.json").is_file()  # gathered from the shards under FSDP
