@@ -1,5 +1,5 @@
-"""GPU benchmark parts on the encoder and on generation (issue 16), run by `benchmarks/gpu_shapes.py --only
-encoder|generate`:
+"""GPU benchmark parts on the encoder, generation and evaluation (issue 16), run by `benchmarks/gpu_shapes.py --only
+encoder|generate|eval7b`:
 
 - `encoder`: the SVD encoder (release mode, 448 px, T = 8, bf16, random weights) at batch 16 through the production
   path (`vision_features`): content-seeded noise drawn on the CPU (today), drawn on the device (`noise_device="device"`,
@@ -8,6 +8,9 @@ encoder|generate`:
   tokens: decode tokens/s at batch 16 and at batch 1 (the N-token time minus the 1-token time, as
   `benchmarks/generation.py` measures it; goal batch 16 / batch 1 >= 8) and the first-token latency at batch 1 (the
   1-token call: image transform, both encoders, prefill and one decode step).
+- `eval7b`: the evaluation harness's closed-form scoring (`candidate_probabilities`, VSR-style True/False items, as
+  `benchmarks/eval_scoring.py` times it on the CPU) at the DyVA-7B shapes (SigLIP + SVD + Llama-2-7B, random weights,
+  bf16): items/s at two batch sizes, images transformed and encoded inside the timed call.
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ from typing import Any
 
 import torch
 
+from benchmarks.eval_scoring import harness as scoring
+from benchmarks.eval_scoring import items as eval_items
 from benchmarks.generation import decode_rate, ours
 from benchmarks.gpu_common import Candidates, Section, run_each
 from benchmarks.harness import Comparison, Measurement
 from prismatic.assembly import build_vlm
 from prismatic.conf.models import get_model_config
+from prismatic.eval.predict import wrap_prompts
 from prismatic.models.backbones.vision.svd_config import TINY_SVD_CONFIG, SVDEncoderConfig
 from prismatic.models.materialize import get_vision_backbone_and_transform
 from prismatic.models.vlms.visual_features import vision_features
@@ -114,3 +120,32 @@ def generate_part(section: Section, settings: Any, args: Any, deadline: float, c
     first = measured["generate_b1_n1"].median_s
     section.comparisons.append(Comparison("generate: first-token latency, batch 1 (s)", "median seconds of a "
                                           "1-token generate: transform, encoders, prefill, one step", first, None))
+
+
+def eval7b_part(section: Section, settings: Any, args: Any, deadline: float, ceiling: float) -> None:
+    device, smoke = settings.device, settings.smoke
+    model_cfg = get_model_config("dyva_siglip+tiny" if smoke else "dyva_siglip+7b")
+    model_cfg.llm_backbone_id = "tiny-llama2" if smoke else "llama2-7b-pure"
+    with torch.device(device):
+        vlm = build_vlm(model_cfg, load_weights=False)
+    vlm.to(device)  # see gpu_shapes.svd_part: one diffusers buffer ignores the default-device context
+    if device.type == "cuda":
+        vlm.to(torch.bfloat16)
+    vlm.eval()
+    count = args.eval_items or (4 if smoke else 48)
+    batches = args.eval_batches or ([2] if smoke else [16, 48])
+    images, messages = eval_items(count, 448)
+    prompts = wrap_prompts(vlm, messages)
+    section.settings = {"eval7b.llm": model_cfg.llm_backbone_id, "eval7b.items": count, "eval7b.batches": batches}
+    candidates: Candidates = {f"eval7b_harness_b{b}": (f"candidate_probabilities over {count} VSR-style True/False "
+                                                       f"items, batch {b}, images encoded in the call",
+                                                       scoring(vlm, images, prompts, b)) for b in batches}  # fmt: skip
+
+    def after(name: str, m: Measurement) -> None:
+        m.extra["items_per_s"] = count / m.median_s
+
+    measured = run_each(candidates, device, deadline, settings.warmup, min(settings.reps, 3), section, after)
+    for name, m in measured.items():
+        section.comparisons.append(Comparison(f"eval7b: harness items/s, {name.rsplit('_', 1)[1]}", "items / median "
+                                              "call seconds (SigLIP + SVD + Llama-2-7B forward, last-position "
+                                              "logits)", m.extra["items_per_s"], None))  # fmt: skip

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch
 
 from benchmarks import harness
 from benchmarks.gpu_common import Section, make_batch, run_each, start_process_group
-from benchmarks.harness import Comparison, Measurement
+from benchmarks.harness import Comparison, Measurement, measure
 from prismatic.assembly import build_vlm
 from prismatic.conf.models import get_model_config
 from prismatic.models.losses import LossKernel, liger_available
@@ -33,6 +34,7 @@ from prismatic.training.throughput import LLMFlops, device_peak_flops
 from prismatic.util.distributed import shutdown_distributed
 
 LLAVA_665K_SAMPLES = 665_298
+Probe = tuple[int, float, float | None]  # a batch size that fitted: (batch, one-step seconds, peak GiB)
 PAPER_EPOCH_HOURS = "10.3 h on 16 x A800"
 
 
@@ -133,52 +135,59 @@ def levers_part(section: Section, settings: Any, args: Any, deadline: float, cei
     owns_group = not torch.distributed.is_initialized()
     ctx = start_process_group(device)
     rates: dict[str, dict[str, Any]] = {}
+
+    def run(lever: Lever) -> None:
+        if lever.loss_kernel == "liger" and not (liger_available() and device.type == "cuda"):
+            section.note(f"{lever.name}: skipped (liger-kernel not installed or not on CUDA: pip install -e .[gpu])")
+            return
+        remaining = deadline - time.monotonic()
+        if remaining < (10 if smoke else 25):
+            section.note(f"{lever.name}: skipped ({remaining:.0f} s of the budget left)")
+            return
+        size = small if lever.smaller_batch else batch
+        start = time.perf_counter()
+        try:
+            strategy = build_strategy(ctx, device, model_type, llm_id, args.seq_len, size, False, lever)
+        except Exception as error:
+            section.note(f"{lever.name}: build failed ({type(error).__name__}: {str(error)[:300]})")
+            release(device)
+            return
+        visual = strategy.vlm.num_visual_tokens
+        seq_len = args.seq_len if not smoke else visual + 48
+        inputs = make_batch(strategy.vlm, size, seq_len - visual, device, live=False)
+        name = f"levers_{lever.name}_b{size}"
+        candidates = {name: (f"{size} x {seq_len} tokens: {lever.description}",
+                             lambda s=strategy, i=inputs: s.train_step([i]))}  # fmt: skip
+
+        def after(_: str, m: Measurement, s: TrainingStrategy = strategy, i: dict = inputs) -> None:
+            m.extra.update(step_extras(s, i, m, device, peak))
+            m.extra["build_s"] = round(time.perf_counter() - start, 1)
+            rates[lever.name] = m.extra
+
+        run_each(candidates, device, deadline, settings.warmup, args.lever_reps, section, after)
+        del strategy, inputs, candidates, after  # `after` holds the strategy too: free it before the next build
+        release(device)
+
     try:
         for lever in chosen:
-            if lever.loss_kernel == "liger" and not (liger_available() and device.type == "cuda"):
-                section.note(f"{lever.name}: skipped (liger-kernel not installed or not on CUDA: pip install -e .[gpu])")
-                continue
-            remaining = deadline - time.monotonic()
-            if remaining < (10 if smoke else 25):
-                section.note(f"{lever.name}: skipped ({remaining:.0f} s of the budget left)")
-                continue
-            size = small if lever.smaller_batch else batch
-            start = time.perf_counter()
-            try:
-                strategy = build_strategy(ctx, device, model_type, llm_id, args.seq_len, size, False, lever)
-            except Exception as error:
-                section.note(f"{lever.name}: build failed ({type(error).__name__}: {str(error)[:300]})")
-                release(device)
-                continue
-            visual = strategy.vlm.num_visual_tokens
-            seq_len = args.seq_len if not smoke else visual + 48
-            inputs = make_batch(strategy.vlm, size, seq_len - visual, device, live=False)
-            name = f"levers_{lever.name}_b{size}"
-            candidates = {name: (f"{size} x {seq_len} tokens: {lever.description}",
-                                 lambda s=strategy, i=inputs: s.train_step([i]))}  # fmt: skip
-
-            def after(_: str, m: Measurement, s: TrainingStrategy = strategy, i: dict = inputs,
-                      name: str = lever.name, began: float = start) -> None:  # fmt: skip
-                m.extra.update(step_extras(s, i, m, device, peak))
-                m.extra["build_s"] = round(time.perf_counter() - began, 1)
-                rates[name] = m.extra
-
-            run_each(candidates, device, deadline, settings.warmup, args.lever_reps, section, after)
-            del strategy, inputs, candidates, after  # `after` holds the strategy too: free it before the next build
-            release(device)
+            run(lever)
+        combined = combined_lever(rates)
+        if combined is not None and (not args.levers or "combined" in args.levers):
+            run(combined)
     finally:
         if owns_group:
             shutdown_distributed()
     for name, extra in rates.items():
-        reference = "baseline_small" if LEVER_BY_NAME[name].smaller_batch else "baseline"
+        lever = LEVER_BY_NAME.get(name) or combined
+        reference = "baseline_small" if lever.smaller_batch else "baseline"
         memory = f"peak {extra['peak_allocated_gib']:.1f} GiB" if "peak_allocated_gib" in extra else ""
         if reference in rates and name != reference:
             section.comparisons.append(Comparison(f"levers: {name} / {reference}", "tokens/s ratio at the same batch",
                                                   extra["tokens_per_s"] / rates[reference]["tokens_per_s"], None,
-                                                  memory))  # fmt: skip
+                                                  memory if name != "combined" else f"{lever.description}; {memory}"))
         if "llm_mfu" in extra:
             # The issue's goal: >= 45% with activation checkpointing (no goal on the CPU rehearsal).
-            goal = ">= 0.45" if LEVER_BY_NAME[name].checkpointing and not smoke else None
+            goal = ">= 0.45" if lever.checkpointing and not smoke else None
             section.comparisons.append(Comparison(f"levers: LLM MFU, {name}", "LLM model FLOPs / step / dense peak",
                                                   extra["llm_mfu"], goal))  # fmt: skip
 
@@ -186,13 +195,42 @@ def levers_part(section: Section, settings: Any, args: Any, deadline: float, cei
 LEVER_BY_NAME = {lever.name: lever for lever in LEVERS}
 
 
+def combined_lever(rates: dict[str, dict[str, Any]]) -> Lever | None:
+    """The levers measured faster than the baseline (same batch, checkpointing kept), together: per setting the
+    fastest value. None unless at least two helped (one alone was measured already)."""
+    if "baseline" not in rates:
+        return None
+    base = rates["baseline"]["tokens_per_s"]
+
+    def best(*names: str) -> Lever | None:
+        faster = [name for name in names if name in rates and rates[name]["tokens_per_s"] > base]
+        return LEVER_BY_NAME[max(faster, key=lambda name: rates[name]["tokens_per_s"])] if faster else None
+
+    picked = [lever for lever in (best("ac_every2", "ac_every4"), best("loss_chunked", "loss_liger"),
+                                  best("fsdp_no_reshard"), best("fsdp_prefetch2"), best("compile_blocks"))
+              if lever is not None]  # fmt: skip
+    if len(picked) < 2:
+        return None
+    baseline, settings = LEVER_BY_NAME["baseline"], {}
+    for lever in picked:  # each picked lever differs from the baseline in one setting: take that one
+        for key in ("every", "loss_kernel", "reshard_after_forward", "prefetch", "compile_blocks"):
+            if getattr(lever, key) != getattr(baseline, key):
+                settings[key] = getattr(lever, key)
+    return Lever("combined", "together: " + ", ".join(lever.name for lever in picked), **settings)
+
+
 def dyva7b_part(section: Section, settings: Any, args: Any, deadline: float, ceiling: float) -> None:
+    """Per precision: one step at each batch size in increasing order (the probes: does it fit, how long, how much
+    memory) until one runs out of memory or the next would not leave time to measure it; then the largest that fitted
+    is measured (its probe was the warm-up). Probing first keeps the slow large steps to the one size that matters."""
     device, smoke = settings.device, settings.smoke
     llm_id = args.llm or ("tiny-llama2" if smoke else "llama2-7b-pure")
     model_type = "dyva_siglip+tiny" if smoke else "dyva_siglip+7b"
-    batches = sorted(args.dyva7b_batches or ([1, 2] if smoke else [1, 2, 4, 6, 8, 12, 16]))
+    batches = sorted(args.dyva7b_batches or ([1, 2] if smoke else [2, 8, 16, 24, 32, 48]))
+    reps = min(args.lever_reps, 3)
     peak = device_peak_flops(device, args.peak_flops)
-    section.settings = {"dyva7b.llm": llm_id, "dyva7b.batches": batches, "dyva7b.checkpointing": "full"}
+    section.settings = {"dyva7b.llm": llm_id, "dyva7b.batches": batches, "dyva7b.checkpointing": "full",
+                        "dyva7b.reps": reps}  # fmt: skip
     owns_group = not torch.distributed.is_initialized()
     ctx = start_process_group(device)
     share = (deadline - time.monotonic()) / 2  # the two precisions split the budget
@@ -208,43 +246,79 @@ def dyva7b_part(section: Section, settings: Any, args: Any, deadline: float, cei
                 continue
             visual = strategy.vlm.num_visual_tokens
             seq_len = args.seq_len if not smoke else visual + 48
-            largest: tuple[int, dict[str, Any]] | None = None
-            for size in batches:
-                inputs = make_batch(strategy.vlm, size, seq_len - visual, device, live=False)
-                name = f"dyva7b_{precision}_b{size}"
-                candidates = {name: (f"DyVA-7B shapes, {precision}, {size} x {seq_len} tokens, cached features",
-                                     lambda s=strategy, i=inputs: s.train_step([i]))}  # fmt: skip
-                found: dict[str, Any] = {}
-
-                def after(_: str, m: Measurement, s: TrainingStrategy = strategy, i: dict = inputs,
-                          f: dict = found) -> None:  # fmt: skip
-                    f.update(step_extras(s, i, m, device, peak))
-                    m.extra.update(f)
-
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                run_each(candidates, device, part_deadline, settings.warmup, args.lever_reps, section, after)
-                del inputs, candidates, after
-                if not found:  # out of memory or out of time (run_each noted which): larger batches will not do better
-                    break
-                largest = (size, found)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-            if largest is not None:
-                size, extra = largest
-                hours = [LLAVA_665K_SAMPLES * seq_len / (extra["tokens_per_s"] * gpus) / 3600 for gpus in (8, 16)]
-                memory = f", peak {extra['peak_allocated_gib']:.1f} GiB" if "peak_allocated_gib" in extra else ""
-                mfu = "llm_mfu" in extra  # the device's dense peak is known (not on the CPU rehearsal)
-                section.comparisons.append(Comparison(
-                    f"dyva7b: {precision}, largest batch measured {size}",
-                    "LLM model FLOPs / step / dense peak" if mfu else "tokens/s (no known peak: no MFU)",
-                    extra["llm_mfu"] if mfu else extra["tokens_per_s"], None,
-                    f"{extra['tokens_per_s']:.0f} tokens/s{memory}; on paper (every sample at {seq_len} tokens, "
-                    f"linear scaling: an upper bound) one LLaVA-665k epoch {hours[0]:.1f} h on 8 and {hours[1]:.1f} h "
-                    f"on 16 of these GPUs (paper: {PAPER_EPOCH_HOURS})"))
+            fitted = probe_batches(section, strategy, precision, batches, seq_len - visual, device, reps,
+                                   part_deadline)  # fmt: skip
+            if fitted:
+                measure_largest(section, strategy, precision, fitted, seq_len, device, reps, peak)
             del strategy
             release(device)
     finally:
         if owns_group:
             shutdown_distributed()
     harness.synchronize(device)
+
+
+def probe_batches(section: Section, strategy: TrainingStrategy, precision: str, batches: list[int], text_len: int,
+                  device: torch.device, reps: int, deadline: float) -> list[Probe]:  # fmt: skip
+    """(batch, one-step seconds, peak GiB) of each size that fitted, in increasing order."""
+    fitted: list[Probe] = []
+    for size in batches:
+        if fitted:  # its probe and, if it is the last, `reps + 1` more steps must fit the budget
+            last_size, last_s, _ = fitted[-1]
+            estimate = last_s * size / last_size
+            if time.monotonic() + estimate * (reps + 2) > deadline:
+                section.note(f"dyva7b {precision}: b={size} not tried (about {estimate:.1f} s a step: probing and "
+                             "measuring it would not fit the time budget)")  # fmt: skip
+                break
+        inputs = make_batch(strategy.vlm, size, text_len, device, live=False)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        try:
+            wall, _ = harness.time_call(lambda i=inputs: strategy.train_step([i]), device)
+        except torch.OutOfMemoryError as error:
+            section.note(f"dyva7b {precision}: b={size} does not fit ({str(error).splitlines()[0][:160]})")
+            del inputs
+            release(device)
+            break
+        except Exception as error:
+            traceback.print_exc()
+            section.note(f"dyva7b {precision}: b={size} failed ({type(error).__name__}: {str(error)[:300]})")
+            break
+        memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        fitted.append((size, wall, memory))
+        section.note(f"dyva7b {precision}: b={size} fits: one step {wall:.2f} s"
+                     + (f", peak {memory:.1f} GiB" if memory is not None else ""))  # fmt: skip
+        del inputs
+    return fitted
+
+
+def measure_largest(section: Section, strategy: TrainingStrategy, precision: str,
+                    fitted: list[Probe], seq_len: int, device: torch.device, reps: int,
+                    peak: float | None) -> None:  # fmt: skip
+    """Time the largest batch that fitted (`reps` steps after its probe) and put it on paper: a LLaVA-665k epoch."""
+    size = fitted[-1][0]
+    inputs = make_batch(strategy.vlm, size, seq_len - strategy.vlm.num_visual_tokens, device, live=False)
+    name = f"dyva7b_{precision}_b{size}"
+    try:
+        m = measure({name: (f"DyVA-7B shapes, {precision}, {size} x {seq_len} tokens, cached features, the largest "
+                            "batch that fitted", lambda: strategy.train_step([inputs]))}, device, 0, reps)[name]
+    except Exception as error:  # e.g. memory fragmented by a larger probe's out-of-memory
+        traceback.print_exc()
+        section.note(f"{name}: measuring failed ({type(error).__name__}: {str(error)[:300]})")
+        return
+    extra = step_extras(strategy, inputs, m, device, peak)
+    extra["probes"] = [{"batch": b, "step_s": round(s, 3), "peak_gib": None if g is None else round(g, 2)}
+                       for b, s, g in fitted]  # fmt: skip
+    m.extra.update(extra)
+    section.measurements.append(m)
+    hours = [LLAVA_665K_SAMPLES * seq_len / (extra["tokens_per_s"] * gpus) / 3600 for gpus in (8, 16)]
+    memory = f", peak {extra['peak_allocated_gib']:.1f} GiB" if "peak_allocated_gib" in extra else ""
+    mfu = "llm_mfu" in extra  # the device's dense peak is known (not on the CPU rehearsal)
+    section.comparisons.append(Comparison(
+        f"dyva7b: {precision}, largest batch that fitted {size}",
+        "LLM model FLOPs / step / dense peak" if mfu else "tokens/s (no known peak: no MFU)",
+        extra["llm_mfu"] if mfu else extra["tokens_per_s"], None,
+        f"{extra['tokens_per_s']:.0f} tokens/s{memory}; on paper (every sample at {seq_len} tokens, linear scaling: "
+        f"an upper bound) one LLaVA-665k epoch {hours[0]:.1f} h on 8 and {hours[1]:.1f} h on 16 of these GPUs "
+        f"(paper: {PAPER_EPOCH_HOURS})"))  # fmt: skip
+    section.save()

@@ -13,15 +13,16 @@
    `PEAK_BF16_FLOPS`, over the matmul ceiling measured here, over ~790 TFLOP/s; the issue's goal: >= 40% at sequence
    length 2048), time shares (ThroughputMeter), peak memory.
 3. Issue 16's parts, each lever measured on its own: `levers` (the step of 2. with selective activation checkpointing,
-   the fused loss, compiled decoder blocks, FSDP2 reshard / prefetch settings) and `dyva7b` (the real DyVA-7B shapes
-   on one device, fp32 masters and pure bf16, largest batch) in `benchmarks/gpu_parts_train.py`; `encoder` (device-side
-   noise, channels-last) and `generate` (batch 16 vs 1, first-token latency) in `benchmarks/gpu_parts_infer.py`.
+   the fused loss, compiled decoder blocks, FSDP2 reshard / prefetch settings; then those that helped, together) and
+   `dyva7b` (the real DyVA-7B shapes on one device, fp32 masters and pure bf16, largest batch) in
+   `benchmarks/gpu_parts_train.py`; `encoder` (device-side noise, channels-last), `generate` (batch 16 vs 1, first-token
+   latency) and `eval7b` (the harness's closed-form scoring at 7B) in `benchmarks/gpu_parts_infer.py`.
 
 Every candidate runs once first (an error or out-of-memory is noted and costs only that candidate); those whose timed
 calls do not fit the time budget are skipped. Results merge into `<out>/gpu_shapes.{json,md}`, so the parts can run as
 separate processes (`--only`), as `benchmarks/gpu_run.sh` does on the GPU machine.
 
-    python -m benchmarks.gpu_shapes [--smoke] [--only svd|train|encoder|levers|dyva7b|generate] [--out DIR]
+    python -m benchmarks.gpu_shapes [--smoke] [--only svd|train|encoder|levers|dyva7b|generate|eval7b] [--out DIR]
                                     [--budget-s S]
     bash benchmarks/gpu_run.sh     # on the GPU machine (no network): installs .whl/*, runs the parts into $OUT
 """
@@ -54,7 +55,7 @@ from benchmarks.gpu_common import (
     run_each,
     start_process_group,
 )
-from benchmarks.gpu_parts_infer import encoder_part, generate_part
+from benchmarks.gpu_parts_infer import encoder_part, eval7b_part, generate_part
 from benchmarks.gpu_parts_train import dyva7b_part, levers_part
 from benchmarks.harness import Comparison, Measurement, time_call
 from prismatic.assembly import build_vlm
@@ -358,7 +359,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--no-ac-batch", type=int, default=None, help="levers part: batch without checkpointing (8)")
     parser.add_argument("--lever-reps", type=int, default=None, help="levers, dyva7b parts: timed steps (4; smoke 2)")
     parser.add_argument("--dyva7b-batches", type=int, nargs="+", default=None,
-                        help="dyva7b part: batches tried in increasing size until one fails (1 2 4 6 8 12 16)")
+                        help="dyva7b part: batches probed in increasing size until one fails (2 8 16 24 32 48)")
+    parser.add_argument("--eval-items", type=int, default=None, help="eval7b part: items per timed call (48)")
+    parser.add_argument("--eval-batches", type=int, nargs="+", default=None, help="eval7b part: batches (16 48)")
     parser.add_argument("--encoder-batch", type=int, default=None, help="encoder part: images per call (16; smoke 2)")
     parser.add_argument("--generate-batch", type=int, default=None, help="generate part: the large batch (16)")
     parser.add_argument("--new-tokens", type=int, default=None, help="generate part: new tokens per row (32)")
@@ -389,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 
 PARTS.update({"svd": svd_part, "train": train_part, "encoder": encoder_part, "levers": levers_part,
-              "dyva7b": dyva7b_part, "generate": generate_part})  # fmt: skip
+              "dyva7b": dyva7b_part, "generate": generate_part, "eval7b": eval7b_part})  # fmt: skip
 
 if __name__ == "__main__":
     main()
