@@ -67,6 +67,16 @@ LEVERS: tuple[Lever, ...] = (
     # Last: its compile time is the least predictable, and what it does not leave to the others is only its own.
     Lever("compile_blocks", "torch.compile of every decoder block", compile_blocks=True),
 )
+# The settings docs/performance.md recommends, each made of training flags only (`--model.compile_llm_blocks`,
+# `--model.gradient_checkpointing_every`, `--train_strategy fsdp-shard-grad-op`); run after the levers and `combined`.
+RECIPES: tuple[Lever, ...] = (
+    Lever("recipe", "compiled decoder layers, checkpointing one layer in 4, fsdp-shard-grad-op", every=4,
+          compile_blocks=True, reshard_after_forward=False),
+    Lever("recipe_every2", "compiled decoder layers, checkpointing one layer in 2, fsdp-shard-grad-op", every=2,
+          compile_blocks=True, reshard_after_forward=False),
+    Lever("no_ac_recipe", "compiled decoder layers, no checkpointing, fsdp-shard-grad-op (at the smaller batch)",
+          checkpointing=False, compile_blocks=True, reshard_after_forward=False, smaller_batch=True),
+)
 
 
 def build_strategy(ctx: Any, device: torch.device, model_type: str, llm_id: str, seq_len: int, batch: int,
@@ -77,17 +87,13 @@ def build_strategy(ctx: Any, device: torch.device, model_type: str, llm_id: str,
     model_cfg.enable_mixed_precision_training, model_cfg.pure_bf16 = True, pure_bf16
     with torch.device(device):
         vlm = build_vlm(model_cfg, stage="finetune", load_weights=False)
-    if lever.compile_blocks:  # before wrapping, as torchtitan orders it
-        # Inductor on the GPU; on the CPU rehearsal aot_eager (the same tracing, no C++ code generation: seconds).
-        backend = "inductor" if device.type == "cuda" else "aot_eager"
-        for layer in vlm.llm_backbone.decoder_layers():
-            layer.compile(backend=backend)
     sharding = "fsdp-full-shard" if lever.reshard_after_forward else "fsdp-shard-grad-op"
     optimization = StageOptimization(1, None, batch, batch, learning_rate=2e-5, weight_decay=0.0, max_grad_norm=1.0,
                                      lr_scheduler_type="linear-warmup+cosine-decay", warmup_ratio=0.03,
                                      train_strategy=sharding)  # fmt: skip
     strategy = get_train_strategy(sharding, vlm, ctx, optimization, model_cfg.precision, lever.checkpointing, 10_000,
-                                  checkpoint_every=lever.every, loss_kernel=lever.loss_kernel)  # fmt: skip
+                                  checkpoint_every=lever.every, loss_kernel=lever.loss_kernel,
+                                  compile_blocks=lever.compile_blocks)  # fmt: skip
     strategy.setup()
     if lever.prefetch:
         layers = vlm.llm_backbone.decoder_layers()
@@ -174,6 +180,9 @@ def levers_part(section: Section, settings: Any, args: Any, deadline: float, cei
         combined = combined_lever(rates)
         if combined is not None and (not args.levers or "combined" in args.levers):
             run(combined)
+        for lever in RECIPES:
+            if not args.levers or lever.name in args.levers:
+                run(lever)
     finally:
         if owns_group:
             shutdown_distributed()
@@ -192,7 +201,7 @@ def levers_part(section: Section, settings: Any, args: Any, deadline: float, cei
                                                   extra["llm_mfu"], goal))  # fmt: skip
 
 
-LEVER_BY_NAME = {lever.name: lever for lever in LEVERS}
+LEVER_BY_NAME = {lever.name: lever for lever in LEVERS + RECIPES}
 
 
 def combined_lever(rates: dict[str, dict[str, Any]]) -> Lever | None:

@@ -363,6 +363,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--eval-items", type=int, default=None, help="eval7b part: items per timed call (48)")
     parser.add_argument("--eval-batches", type=int, nargs="+", default=None, help="eval7b part: batches (16 48)")
     parser.add_argument("--encoder-batch", type=int, default=None, help="encoder part: images per call (16; smoke 2)")
+    parser.add_argument("--encoder-variants", nargs="+", default=None, help="encoder part: which variants (all)")
     parser.add_argument("--generate-batch", type=int, default=None, help="generate part: the large batch (16)")
     parser.add_argument("--new-tokens", type=int, default=None, help="generate part: new tokens per row (32)")
     settings, args = harness.parse_settings(parser, argv)

@@ -147,7 +147,8 @@ def train_stage(cfg: PretrainConfig, preemption: Preemption) -> Path:
     strategy = get_train_strategy(optimization.train_strategy, vlm, ctx, optimization, model.precision,
                                   model.enable_gradient_checkpointing, plan.total_steps,
                                   checkpoint_every=model.gradient_checkpointing_every, loss_kernel=model.loss_kernel,
-                                  loss_chunk_rows=model.loss_chunk_rows)  # fmt: skip
+                                  loss_chunk_rows=model.loss_chunk_rows,
+                                  compile_blocks=model.compile_llm_blocks)  # fmt: skip
     strategy.setup()
     start_step = 0
     if resume_from is not None:

@@ -107,3 +107,39 @@ def test_gpu_shapes_smoke_runs_each_part_in_its_own_process_and_merges(tmp_path:
     assert [c["goal"] for c in goals] == [">= 0.4", ">= 0.4"] and all(c["name"].startswith("train:") for c in goals)
     markdown = (tmp_path / "gpu_shapes.md").read_text()
     assert "Machine:" in markdown and "| svd: b=2, per-sample / batched |" in markdown and "[train]" in markdown
+
+
+def test_combined_lever_takes_each_setting_from_the_fastest_lever_that_beat_the_baseline() -> None:
+    from benchmarks.gpu_parts_train import combined_lever
+
+    def rates(**tokens_per_s: float) -> dict:
+        return {name: {"tokens_per_s": value} for name, value in tokens_per_s.items()}
+
+    picked = combined_lever(rates(baseline=100, ac_every2=110, ac_every4=116, loss_chunked=97, fsdp_no_reshard=101,
+                                  fsdp_prefetch2=99, compile_blocks=123))  # fmt: skip
+    assert picked is not None and picked.name == "combined"
+    assert (picked.every, picked.loss_kernel, picked.reshard_after_forward, picked.prefetch, picked.compile_blocks) == (
+        4, "plain", False, 0, True)
+    assert picked.checkpointing and not picked.smaller_batch
+    assert combined_lever(rates(baseline=100, compile_blocks=123, ac_every2=90)) is None  # one lever alone: nothing new
+    assert combined_lever(rates(ac_every2=110, compile_blocks=123)) is None  # no baseline: nothing to beat
+
+
+def test_step_clock_times_the_decode_steps_of_generate(tiny_vlm) -> None:
+    """The GPU generate part's decode rate: one LLM forward start per new token (the prefill, then one per decode
+    step), and a rate from the steps after the first."""
+    from benchmarks.generation import ours
+    from benchmarks.gpu_parts_infer import StepClock
+
+    clock = StepClock(tiny_vlm.llm_backbone.llm, torch.device("cpu"))
+    call = clock.timed("b2_n6", ours(tiny_vlm, 2, 6, 32))
+    try:
+        for _ in range(2):
+            call()
+    finally:
+        clock.handle.remove()  # the session's shared model stays as it was
+    assert [len(ticks) for ticks in clock.ticks["b2_n6"]] == [6, 6]
+    assert all(ticks == sorted(ticks) for ticks in clock.ticks["b2_n6"])
+    # 2 rows x the 4 decode steps after the first, over the time from step 1's start to the last step's start.
+    expected = sorted(2 * 4 / (ticks[-1] - ticks[1]) for ticks in clock.ticks["b2_n6"])
+    assert clock.decode_rate("b2_n6", 2) == pytest.approx(sum(expected) / 2)

@@ -166,6 +166,8 @@ class ModelConfig(ChoiceRegistry):
     # kernel, `pip install -e '.[gpu]'`, CUDA; falls back to plain with a warning where it cannot run).
     loss_kernel: LossKernel = "plain"
     loss_chunk_rows: int = DEFAULT_CHUNK_ROWS
+    # torch.compile every LLM decoder layer (Inductor on CUDA; aot_eager on a CPU): equal to eager to float rounding.
+    compile_llm_blocks: bool = False
     # Where the SVD encoder draws its per-sample content-seeded noise: "cpu" (the existing cache entries) or "device"
     # (on the encoder's device: no CPU draws; other random streams, hence another feature-cache fingerprint).
     svd_noise_device: NoiseDevice = "cpu"

@@ -59,12 +59,15 @@ def get_train_strategy(
     checkpoint_every: int = 1,
     loss_kernel: LossKernel = "plain",
     loss_chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    compile_blocks: bool = False,
 ) -> TrainingStrategy:
-    """Build (not yet set up) the strategy named `train_strategy`; call `.setup()` to wrap the model. The last three
-    are the performance levers of `ModelConfig` (`gradient_checkpointing_every`, `loss_kernel`, `loss_chunk_rows`)."""
+    """Build (not yet set up) the strategy named `train_strategy`; call `.setup()` to wrap the model. The last four
+    are the performance levers of `ModelConfig` (`gradient_checkpointing_every`, `loss_kernel`, `loss_chunk_rows`,
+    `compile_llm_blocks`)."""
     resolved = resolve_train_strategy(train_strategy, ctx)
     args = (vlm, ctx, optimization, precision, enable_gradient_checkpointing, total_steps)
-    levers = {"checkpoint_every": checkpoint_every, "loss_kernel": loss_kernel, "loss_chunk_rows": loss_chunk_rows}
+    levers = {"checkpoint_every": checkpoint_every, "loss_kernel": loss_kernel, "loss_chunk_rows": loss_chunk_rows,
+              "compile_blocks": compile_blocks}  # fmt: skip
     if resolved in _FSDP_SHARDING:
         return FSDPStrategy(*args, sharding=_FSDP_SHARDING[resolved], **levers)
     if resolved == "ddp":

@@ -62,10 +62,12 @@ class TrainingStrategy(ABC):
         checkpoint_every: int = 1,
         loss_kernel: LossKernel = "plain",
         loss_chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        compile_blocks: bool = False,
     ) -> None:
         """`checkpoint_every` (with `enable_gradient_checkpointing`): checkpoint one LLM decoder layer in that many (1 =
         all of them). `loss_kernel`: how the loss at label positions is computed (`prismatic.models.losses`; "plain"
-        is the original path, bit for bit), with chunks of `loss_chunk_rows` rows for "chunked"."""
+        is the original path, bit for bit), with chunks of `loss_chunk_rows` rows for "chunked". `compile_blocks`:
+        `torch.compile` every LLM decoder layer before wrapping."""
         self.vlm = vlm
         self.ctx = ctx
         self.optimization = optimization
@@ -80,6 +82,7 @@ class TrainingStrategy(ABC):
         self.checkpoint_every = checkpoint_every
         self.loss_kernel: LossKernel = resolve_loss_kernel(loss_kernel, ctx.device)
         self.loss_chunk_rows = loss_chunk_rows
+        self.compile_blocks = compile_blocks
         self.checkpointed_layers: list[int] = []
         self.num_visual_tokens = vlm.num_visual_tokens
         self.model: nn.Module = vlm
@@ -92,6 +95,12 @@ class TrainingStrategy(ABC):
         if self.enable_gradient_checkpointing:
             # Before wrapping: FSDP's hooks then sit outside each checkpointed region (torchtitan's order).
             self.checkpointed_layers = self.vlm.llm_backbone.enable_gradient_checkpointing(self.checkpoint_every)
+        if self.compile_blocks:
+            # Inductor where it pays (+23% tokens/s on an H200, docs/performance.md); on a CPU, aot_eager traces the
+            # same graphs (graph breaks and errors show up) without Inductor's C++ code generation, which on a few
+            # cores costs more than it saves.
+            backend = "inductor" if self.ctx.device.type == "cuda" else "aot_eager"
+            self.vlm.llm_backbone.compile_decoder_layers(backend)
         self.model = self.wrap_model()
         self.model.train()
         opt = self.optimization
@@ -101,7 +110,8 @@ class TrainingStrategy(ABC):
         overwatch.info(
             f"{type(self).__name__}: {trainable:,} trainable parameters in {len(self.optimizer.param_groups)} "
             f"group(s); precision {self.precision}; gradient checkpointing {self.enable_gradient_checkpointing} "
-            f"({len(self.checkpointed_layers)} decoder layers); loss kernel {self.loss_kernel}"
+            f"({len(self.checkpointed_layers)} decoder layers); loss kernel {self.loss_kernel}; compiled decoder "
+            f"layers {self.compile_blocks}"
         )
 
     @abstractmethod

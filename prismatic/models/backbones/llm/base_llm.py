@@ -108,6 +108,16 @@ class LLMBackbone(nn.Module):
         """Indices of the decoder layers `checkpoint_layers` wrapped (transformers' full checkpointing not included)."""
         return [i for i, layer in enumerate(self.decoder_layers()) if getattr(layer, "_prismatic_checkpointed", False)]
 
+    def compile_decoder_layers(self, backend: str) -> int:
+        """`torch.compile` each decoder layer in place (`nn.Module.compile`: parameter names, hence checkpoints and
+        optimizer groups, are unchanged; activation checkpointing and FSDP's per-layer hooks stay outside the compiled
+        region, torchtitan's order). Every layer runs the same code, so one graph serves them all after the first.
+        Returns the number of layers compiled."""
+        layers = self.decoder_layers()
+        for layer in layers:
+            layer.compile(backend=backend)
+        return len(layers)
+
     def _enable_hf_gradient_checkpointing(self) -> None:
         self.llm.config.use_cache = False
         non_reentrant = {"use_reentrant": False}
