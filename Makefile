@@ -4,7 +4,7 @@
 #                  held-out questions about the future (~20 min on 2 cores after set-up; results in runs/demo/);
 #                  DEMO_FLAGS="--study" for the hour-long study over seeds and labelled-set sizes (docs/demo.md)
 #   make test   -> lint + the whole test suite on CPU in two pytest-xdist workers (~11 min on 2 Xeon cores after
-#                  set-up, 11.9 min from a fresh clone, 16-17 min on a slower 2-core EPYC; temporary files peak at
+#                  set-up, 11.9 min from a fresh clone, 18-20 min on a slower 2-core EPYC; temporary files peak at
 #                  2.8 GB under /tmp)
 #   make bench  -> the benchmark suite against HF/released peers (~19 min on 2 CPU cores; results and goals in
 #                  benchmarks/results/, see benchmarks/README.md); BENCH_FLAGS="--smoke" for a seconds-long check

@@ -113,9 +113,9 @@ def encoder_part(section: Section, settings: Any, args: Any, deadline: float, ce
 class StepClock:
     """Start times of the LLM's forward calls inside `generate` (the prefill, then one per decode step), the device
     synchronised first (as `generate` itself does every step to check its stopping criteria). Decode tokens/s from the
-    steps alone: the H200 run of 2026-12-04 took it as (N-token call - 1-token call), and at batch 16 both calls spent
-    1.4-2.0 s on image transforms, encoders and prefill, noisier than the 0.8 s of decoding between them: it gave a
-    5.8 ms decode step at batch 16 against 25 ms at batch 1, which is not physical."""
+    steps alone: the H200 run of 2026-12-04 took it as (N-token call - 1-token call), and at batch 16 the 1-token call
+    (image transforms, encoders, prefill) ranged over 1.35-2.03 s, more than the ~0.8 s of decoding the difference was
+    to isolate: it gave a 5.6 ms decode step at batch 16 against 25 ms at batch 1, which is not physical."""
 
     def __init__(self, llm: torch.nn.Module, device: torch.device) -> None:
         self.device, self.ticks = device, {}

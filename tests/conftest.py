@@ -7,7 +7,7 @@ subprocess, fp32, one process, `helpers.small_run_args`: 6 steps of global batch
 that only need a finished run directory use it instead of training their own; they must not modify it (copy it
 first: `shutil.copytree(tiny_run_dir, ...)`).
 
-`pytest -m "not slow" -n 2` is the fast loop for contributors (about 4 minutes on 2 CPU cores); `make test` runs all.
+`pytest -m "not slow" -n 2` is the fast loop for contributors (4-8 minutes on 2 CPU cores); `make test` runs all.
 """
 
 import os
