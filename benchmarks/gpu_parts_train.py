@@ -103,6 +103,16 @@ def build_strategy(ctx: Any, device: torch.device, model_type: str, llm_id: str,
     return strategy
 
 
+def build_or_note(section: Section, label: str, *args: Any) -> TrainingStrategy | None:
+    """`build_strategy(*args)`, or None with the error noted (a failed build costs only its own measurements)."""
+    try:
+        return build_strategy(*args)
+    except Exception as error:
+        section.note(f"{label}: build failed ({type(error).__name__}: {str(error)[:300]})")
+        release(args[1])
+        return None
+
+
 def release(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
@@ -152,11 +162,8 @@ def levers_part(section: Section, settings: Any, args: Any, deadline: float, cei
             return
         size = small if lever.smaller_batch else batch
         start = time.perf_counter()
-        try:
-            strategy = build_strategy(ctx, device, model_type, llm_id, args.seq_len, size, False, lever)
-        except Exception as error:
-            section.note(f"{lever.name}: build failed ({type(error).__name__}: {str(error)[:300]})")
-            release(device)
+        strategy = build_or_note(section, lever.name, ctx, device, model_type, llm_id, args.seq_len, size, False, lever)
+        if strategy is None:
             return
         visual = strategy.vlm.num_visual_tokens
         seq_len = args.seq_len if not smoke else visual + 48
@@ -246,12 +253,9 @@ def dyva7b_part(section: Section, settings: Any, args: Any, deadline: float, cei
     try:
         for precision, pure_bf16 in (("fp32_masters", False), ("pure_bf16", True)):
             part_deadline = min(deadline, time.monotonic() + share) if precision == "fp32_masters" else deadline
-            try:
-                strategy = build_strategy(ctx, device, model_type, llm_id, args.seq_len, batches[-1], pure_bf16,
-                                          LEVER_BY_NAME["baseline"])  # fmt: skip
-            except Exception as error:
-                section.note(f"{precision}: build failed ({type(error).__name__}: {str(error)[:300]})")
-                release(device)
+            strategy = build_or_note(section, precision, ctx, device, model_type, llm_id, args.seq_len, batches[-1],
+                                     pure_bf16, LEVER_BY_NAME["baseline"])  # fmt: skip
+            if strategy is None:
                 continue
             visual = strategy.vlm.num_visual_tokens
             seq_len = args.seq_len if not smoke else visual + 48
@@ -327,7 +331,7 @@ def measure_largest(section: Section, strategy: TrainingStrategy, precision: str
         f"dyva7b: {precision}, largest batch that fitted {size}",
         "LLM model FLOPs / step / dense peak" if mfu else "tokens/s (no known peak: no MFU)",
         extra["llm_mfu"] if mfu else extra["tokens_per_s"], None,
-        f"{extra['tokens_per_s']:.0f} tokens/s{memory}; on paper (every sample at {seq_len} tokens, linear scaling: "
-        f"an upper bound) one LLaVA-665k epoch {hours[0]:.1f} h on 8 and {hours[1]:.1f} h on 16 of these GPUs "
-        f"(paper: {PAPER_EPOCH_HOURS})"))  # fmt: skip
+        f"{extra['tokens_per_s']:.0f} tokens/s{memory}; on paper (every sample at {seq_len} tokens: pessimistic; "
+        f"linear scaling: optimistic) one LLaVA-665k epoch {hours[0]:.1f} h on 8 and {hours[1]:.1f} h on 16 of these "
+        f"GPUs (paper: {PAPER_EPOCH_HOURS})"))  # fmt: skip
     section.save()

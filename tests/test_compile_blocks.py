@@ -55,9 +55,9 @@ def test_compiled_layers_train_like_eager(checkpointing: bool, every: int) -> No
             torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6, msg=f"step {step + 1}: {name}")
 
 
-def test_compiled_layers_still_generate_and_evaluate() -> None:
-    """Outside training (no gradients: the KV cache path, checkpointing off) the compiled layers give eager's
-    logits."""
+def test_compiled_layers_give_eager_logits_outside_training() -> None:
+    """In eval mode without gradients (evaluation's forward; checkpointing inactive) the compiled layers, recompiled
+    for that grad mode, give eager's logits."""
     eager_vlm, _, _ = _run(False, True, 2, steps=1)
     vlm, _, _ = _run(True, True, 2, steps=1)
     vlm.load_state_dict(eager_vlm.state_dict())

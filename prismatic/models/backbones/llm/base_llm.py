@@ -108,15 +108,12 @@ class LLMBackbone(nn.Module):
         """Indices of the decoder layers `checkpoint_layers` wrapped (transformers' full checkpointing not included)."""
         return [i for i, layer in enumerate(self.decoder_layers()) if getattr(layer, "_prismatic_checkpointed", False)]
 
-    def compile_decoder_layers(self, backend: str) -> int:
+    def compile_decoder_layers(self, backend: str) -> None:
         """`torch.compile` each decoder layer in place (`nn.Module.compile`: parameter names, hence checkpoints and
         optimizer groups, are unchanged; activation checkpointing and FSDP's per-layer hooks stay outside the compiled
-        region, torchtitan's order). Every layer runs the same code, so one graph serves them all after the first.
-        Returns the number of layers compiled."""
-        layers = self.decoder_layers()
-        for layer in layers:
+        region, torchtitan's order). Every layer runs the same code, so one graph serves them all after the first."""
+        for layer in self.decoder_layers():
             layer.compile(backend=backend)
-        return len(layers)
 
     def _enable_hf_gradient_checkpointing(self) -> None:
         self.llm.config.use_cache = False
