@@ -3,8 +3,9 @@ encoder|generate|eval7b`:
 
 - `encoder`: the SVD encoder (release mode, 448 px, T = 8, bf16, random weights) at batch 16 through the production
   path (`vision_features`): content-seeded noise drawn on the CPU (today), drawn on the device (`noise_device="device"`,
-  `--model.svd_noise_device device`), and variants of that: cuDNN autotuning (`cudnn.benchmark`), channels-last, the
-  encoder's modules `torch.compile`'d (`--encoder-variants` picks); images/s, goal >= 60.
+  `--model.svd_noise_device device`), the same call timed stage by stage (`StageClock`: CLIP, VAE encoder, U-Net down
+  path, the rest), and variants: cuDNN autotuning (`cudnn.benchmark`), the encoder's modules `torch.compile`'d,
+  channels-last (only when named: measured slower) (`--encoder-variants` picks); images/s, goal >= 60.
 - `generate`: `vlm.generate` of the DyVA-shaped model with Qwen2.5-1.5B (random weights, bf16), greedy, exactly N new
   tokens: decode tokens/s at batch 16 and at batch 1 from the decode steps alone (`StepClock`; goal batch 16 / batch
   1 >= 8), whole-call tokens/s, and the first-token latency at batch 1 (the 1-token call: image transform, both
@@ -60,6 +61,9 @@ def encoder_part(section: Section, settings: Any, args: Any, deadline: float, ce
 
     def after(name: str, m: Measurement) -> None:
         m.extra["images_per_s"] = batch / m.median_s
+        if name.endswith("_stages"):  # each stage's median over the calls, and what is left: noise, resizes, copies
+            m.extra.update({f"{stage}_s": round(t, 4) for stage, t in clock.medians().items()})
+            m.extra["rest_s"] = round(m.median_s - sum(clock.medians().values()), 4)
 
     def cudnn_benchmark() -> Any:  # cuDNN times its convolution algorithms per shape on the first call, keeps the best
         torch.backends.cudnn.benchmark = True
@@ -78,10 +82,20 @@ def encoder_part(section: Section, settings: Any, args: Any, deadline: float, ce
         for module in [encoder.image_encoder, encoder.vae.encoder, encoder.unet.conv_in, *encoder.unet.down_blocks]:
             module.compile(backend=backend)
 
+    clock = StageClock(device, {"clip": (encoder.image_encoder, encoder.image_encoder),
+                                "vae": (encoder.vae.encoder, encoder.vae.encoder),
+                                "unet": (encoder.unet.conv_in, encoder.unet.down_blocks[-1])})  # fmt: skip
+
+    def stages() -> Any:  # the device-noise call with the clock's hooks on, taken off before anything is compiled
+        with clock:
+            return features("device")
+
     # name: (description, call, irreversible change made before it); the irreversible ones last, in this order.
     variants: dict[str, tuple[str, Any, Any]] = {
         "cpu_noise": ("noise drawn on the CPU (today's default)", lambda: features("cpu"), None),
         "device_noise": ("noise drawn on the device (noise_device='device')", lambda: features("device"), None),
+        "device_noise_stages": ("device noise, the device synchronised around CLIP, the VAE encoder and the U-Net "
+                                "down path to time each", stages, None),
         "device_noise_cudnn_benchmark": ("device noise, torch.backends.cudnn.benchmark on", cudnn_benchmark, None),
         "device_noise_channels_last": ("device noise, encoder in channels-last", lambda: features("device"),
                                        channels_last),
@@ -90,7 +104,9 @@ def encoder_part(section: Section, settings: Any, args: Any, deadline: float, ce
         "device_noise_compiled_cudnn_benchmark": ("device noise, compiled, cudnn.benchmark on", cudnn_benchmark,
                                                   compiled),
     }
-    chosen = args.encoder_variants or list(variants)
+    # Channels-last only on request: measured slower on the H200 (45.7 against 49.2 images/s), and the compiled
+    # variants after it would compile the slower layout.
+    chosen = args.encoder_variants or [name for name in variants if name != "device_noise_channels_last"]
     measured: dict[str, Measurement] = {}
     done: set[Any] = set()  # the irreversible changes made so far
     for variant in chosen:
@@ -103,11 +119,52 @@ def encoder_part(section: Section, settings: Any, args: Any, deadline: float, ce
     baseline = measured.get(f"encoder_b{batch}_cpu_noise") or measured.get(f"encoder_b{batch}_device_noise")
     for name, m in measured.items():
         rate = m.extra["images_per_s"]
+        if name.endswith("_stages"):  # slowed by its synchronisations: the breakdown, not a rate to judge
+            shares = ", ".join(f"{key.removesuffix('_s')} {m.extra[key]:.3f} s" for key in
+                               ("clip_s", "vae_s", "unet_s", "rest_s") if key in m.extra)  # fmt: skip
+            section.comparisons.append(Comparison("encoder: stages of the device-noise call (s)", "median seconds "
+                                                  "of the call, device synchronised around each stage", m.median_s,
+                                                  None, shares))  # fmt: skip
+            continue
         section.comparisons.append(Comparison(f"encoder: images/s, {name.split('_', 2)[2]}", f"images/s at batch "
                                               f"{batch}", rate, ">= 60" if not smoke else None))  # fmt: skip
         if baseline is not None and m is not baseline:
             ratio = f"encoder: {name.split('_', 2)[2]} / {baseline.name.split('_', 2)[2]}"
             section.comparisons.append(Comparison(ratio, "images/s ratio", rate / baseline.extra["images_per_s"], None))
+
+
+class StageClock:
+    """Wall time of stages inside real calls, each stage from its first module's forward start to its last module's
+    forward end, the device synchronised at both (so the stages' sum is a little slower than an unhooked call). The
+    hooks are on only inside `with clock:`."""
+
+    def __init__(self, device: torch.device, stages: dict[str, tuple[torch.nn.Module, torch.nn.Module]]) -> None:
+        self.device, self.stages = device, stages
+        self.times: dict[str, list[float]] = {name: [] for name in stages}
+        self.started: dict[str, float] = {}
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> StageClock:
+        for name, (first, last) in self.stages.items():
+            self.handles += [first.register_forward_pre_hook(lambda *_, n=name: self._start(n)),
+                             last.register_forward_hook(lambda *_, n=name: self._stop(n))]  # fmt: skip
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def _start(self, name: str) -> None:
+        harness.synchronize(self.device)
+        self.started[name] = time.perf_counter()
+
+    def _stop(self, name: str) -> None:
+        harness.synchronize(self.device)
+        self.times[name].append(time.perf_counter() - self.started.pop(name))
+
+    def medians(self) -> dict[str, float]:
+        return {name: statistics.median(times) for name, times in self.times.items() if times}
 
 
 class StepClock:

@@ -7,6 +7,7 @@ import importlib
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,32 @@ def test_step_clock_times_the_decode_steps_of_generate(tiny_vlm) -> None:
     # 2 rows x the 4 decode steps after the first, over the time from step 1's start to the last step's start.
     expected = sorted(2 * 4 / (ticks[-1] - ticks[1]) for ticks in clock.ticks["b2_n6"])
     assert clock.decode_rate("b2_n6", 2) == pytest.approx(sum(expected) / 2)
+
+
+def test_stage_clock_times_each_encoder_stage_once_per_call_and_only_inside_its_context() -> None:
+    """The GPU encoder part's breakdown: one time per stage and call, from the first module's start to the last one's
+    end, together less than the call; no hooks left once the context ends."""
+    from benchmarks.gpu_parts_infer import StageClock
+    from prismatic.models.backbones.vision.svd_config import TINY_SVD_CONFIG
+    from prismatic.models.materialize import get_vision_backbone_and_transform
+
+    encoder, _ = get_vision_backbone_and_transform("tiny-svd", svd_config=TINY_SVD_CONFIG)
+    encoder.requires_grad_(False).eval()
+    size = TINY_SVD_CONFIG.image_size
+    pixels = {"svd": torch.randint(0, 256, (2, 1, 3, size, size), dtype=torch.uint8)}
+    unet = encoder.unet
+    clock = StageClock(torch.device("cpu"), {"vae": (encoder.vae.encoder, encoder.vae.encoder),
+                                             "unet": (unet.conv_in, unet.down_blocks[-1])})  # fmt: skip
+    calls = []
+    for _ in range(2):
+        with clock, torch.no_grad():
+            start = time.perf_counter()
+            encoder(pixels)
+            calls.append(time.perf_counter() - start)
+    encoder(pixels)  # outside the context: not timed
+    assert {name: len(times) for name, times in clock.times.items()} == {"vae": 2, "unet": 2}
+    for i, call in enumerate(calls):
+        assert clock.times["vae"][i] > 0 and clock.times["unet"][i] > 0
+        assert clock.times["vae"][i] + clock.times["unet"][i] < call
+    assert not clock.handles and not unet.conv_in._forward_pre_hooks and not unet.down_blocks[-1]._forward_hooks
+    assert set(clock.medians()) == {"vae", "unet"}

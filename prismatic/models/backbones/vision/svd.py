@@ -294,21 +294,11 @@ class SVDGenerativeEncoder(VisionBackbone):
                 z0_rows.append(self._slotted(torch.zeros_like(sample_clean[0]), sample_clean))
         return torch.stack(cond_rows), (torch.stack(z0_rows) if z0_rows else None)
 
-    def encode(self, pixel_values: PixelValues, noise: list[SVDNoise] | None = None) -> SVDEncoding:
-        """Features of a collated batch; `noise` (one SVDNoise per sample) replaces the content-seeded draws."""
-        frames, counts = unpack_uint8_frames(pixel_values, self.stream_name)
-        cfg, device, dtype = self.config, self.unet.device, self.unet.dtype
-        batch_size = frames.shape[0]
-        if tuple(frames.shape[-2:]) != (cfg.image_size, cfg.image_size):
-            raise ValueError(f"Expected {cfg.image_size}px frames, got {tuple(frames.shape[-2:])}; use the transform.")
-        for count in counts:
-            keyframe_slots(count, cfg.num_frames)  # K > T is an error, whatever the placement
-        if noise is None:
-            frames_cpu = frames.cpu()  # the seeds hash the pixels on the CPU (the collator's frames already are)
-            where = device if cfg.noise_device == "device" else None
-            noise = [self.draw_noise(frames_cpu[b, : counts[b]], device=where) for b in range(batch_size)]
-        if len(noise) != batch_size:
-            raise ValueError(f"Got {len(noise)} noise draws for a batch of {batch_size}.")
+    def _check_noise(self, noise: list[SVDNoise], counts: list[int]) -> None:
+        """Given draws must be one per sample and hold what this configuration uses (drawn ones always do)."""
+        if len(noise) != len(counts):
+            raise ValueError(f"Got {len(noise)} noise draws for a batch of {len(counts)}.")
+        cfg = self.config
         if cfg.mode == "release" and any(n.unet is None or (cfg.feature_noise and n.feat is None) for n in noise):
             raise ValueError(
                 "Release mode needs SVDNoise.unet (and .feat with feature_noise); draw it with this encoder."
@@ -319,8 +309,26 @@ class SVDGenerativeEncoder(VisionBackbone):
                 "draw the noise with this encoder's draw_noise on all of the sample's images."
             )
 
+    def encode(self, pixel_values: PixelValues, noise: list[SVDNoise] | None = None) -> SVDEncoding:
+        """Features of a collated batch; `noise` (one SVDNoise per sample) replaces the content-seeded draws."""
+        frames, counts = unpack_uint8_frames(pixel_values, self.stream_name)
+        cfg, device, dtype = self.config, self.unet.device, self.unet.dtype
+        batch_size = frames.shape[0]
+        if tuple(frames.shape[-2:]) != (cfg.image_size, cfg.image_size):
+            raise ValueError(f"Expected {cfg.image_size}px frames, got {tuple(frames.shape[-2:])}; use the transform.")
+        for count in counts:
+            keyframe_slots(count, cfg.num_frames)  # K > T is an error, whatever the placement
+        if noise is not None:
+            self._check_noise(noise, counts)
+        # The seeds hash the pixels on the CPU (the collator's frames already are there). Copied back before any device
+        # work is queued (the copy waits for queued work), so that the hashing and drawing below run on the CPU while
+        # the device computes the CLIP embeddings, which need no noise; the values are the same in any order.
+        frames_cpu = frames.cpu() if noise is None else None
         pixels = to_signed_unit(frames.to(device))  # [B, Kmax, 3, S, S], float32
         image_embeds = self._clip_embeds(pixels[:, 0]).to(dtype)
+        if frames_cpu is not None:
+            where = device if cfg.noise_device == "device" else None
+            noise = [self.draw_noise(frames_cpu[b, : counts[b]], device=where) for b in range(batch_size)]
         cond_latents, z0 = self._latents(pixels, counts, noise)
         added_time_ids = torch.tensor(
             [[cfg.fps - 1, cfg.motion_bucket_id, cfg.noise_aug_strength]], dtype=dtype, device=device
