@@ -62,8 +62,9 @@ def encoder_part(section: Section, settings: Any, args: Any, deadline: float, ce
     def after(name: str, m: Measurement) -> None:
         m.extra["images_per_s"] = batch / m.median_s
         if name.endswith("_stages"):  # each stage's median over the calls, and what is left: noise, resizes, copies
-            m.extra.update({f"{stage}_s": round(t, 4) for stage, t in clock.medians().items()})
-            m.extra["rest_s"] = round(m.median_s - sum(clock.medians().values()), 4)
+            medians = clock.medians()
+            m.extra.update({f"{stage}_s": round(t, 4) for stage, t in medians.items()})
+            m.extra["rest_s"] = round(m.median_s - sum(medians.values()), 4)
 
     def cudnn_benchmark() -> Any:  # cuDNN times its convolution algorithms per shape on the first call, keeps the best
         torch.backends.cudnn.benchmark = True

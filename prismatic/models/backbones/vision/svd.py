@@ -326,7 +326,7 @@ class SVDGenerativeEncoder(VisionBackbone):
         frames_cpu = frames.cpu() if noise is None else None
         pixels = to_signed_unit(frames.to(device))  # [B, Kmax, 3, S, S], float32
         image_embeds = self._clip_embeds(pixels[:, 0]).to(dtype)
-        if frames_cpu is not None:
+        if noise is None:
             where = device if cfg.noise_device == "device" else None
             noise = [self.draw_noise(frames_cpu[b, : counts[b]], device=where) for b in range(batch_size)]
         cond_latents, z0 = self._latents(pixels, counts, noise)
